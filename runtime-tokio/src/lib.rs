@@ -1,0 +1,120 @@
+//! [Tokio](https://tokio.rs) support for momopool: the [`Tokio`] runtime and the sockets
+//! `momopool-pg` connects through.
+//!
+//! # Examples
+//!
+//! ```
+//! use momopool::Runtime;
+//! use momopool_tokio::Tokio;
+//! use std::time::Duration;
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! rt.block_on(async {
+//!     let runtime = Tokio::current();
+//!     let (tx, rx) = tokio::sync::oneshot::channel();
+//!     runtime.spawn(Box::pin(async move {
+//!         let _ = tx.send(42);
+//!     }));
+//!     runtime.sleep(Duration::from_millis(1)).await;
+//!     assert_eq!(rx.await.unwrap(), 42);
+//! });
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+use momopool::{BoxFuture, Runtime};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// A momopool [`Runtime`] on a Tokio runtime.
+///
+/// It holds a handle to the Tokio runtime it was made on, so the pool can spawn onto it from
+/// any thread (a connection guard dropped outside the runtime, for example). Spawned tasks are
+/// detached: their `JoinHandle` is dropped at once, which in Tokio lets the task run on.
+/// The runtime must have its time driver enabled (`enable_time` or `enable_all`), and its I/O
+/// driver for sockets.
+#[derive(Debug, Clone)]
+pub struct Tokio {
+    handle: Handle,
+}
+
+impl Tokio {
+    /// The Tokio runtime the caller is running on.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime; use [`Tokio::try_current`] to get an `Option` instead.
+    pub fn current() -> Self {
+        Tokio {
+            handle: Handle::current(),
+        }
+    }
+
+    /// The Tokio runtime the caller is running on, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(momopool_tokio::Tokio::try_current().is_none());
+    /// ```
+    pub fn try_current() -> Option<Self> {
+        Handle::try_current().ok().map(|handle| Tokio { handle })
+    }
+
+    /// A runtime handle obtained elsewhere.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = tokio::runtime::Runtime::new().unwrap();
+    /// let runtime = momopool_tokio::Tokio::from_handle(rt.handle().clone());
+    /// # drop(runtime);
+    /// ```
+    pub fn from_handle(handle: Handle) -> Self {
+        Tokio { handle }
+    }
+
+    /// Opens a TCP connection with `TCP_NODELAY` set.
+    ///
+    /// # Errors
+    ///
+    /// The connect error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future abandons the connect.
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        let _enter = self.handle.enter();
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Opens a Unix domain socket connection.
+    ///
+    /// # Errors
+    ///
+    /// The connect error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future abandons the connect.
+    pub async fn connect_unix(&self, path: &Path) -> io::Result<tokio::net::UnixStream> {
+        let _enter = self.handle.enter();
+        tokio::net::UnixStream::connect(path).await
+    }
+}
+
+impl Runtime for Tokio {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        drop(self.handle.spawn(task));
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        let _enter = self.handle.enter();
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
