@@ -875,6 +875,21 @@ impl<M: Manager> Shared<M> {
                         }
                         st.waiting = 0;
                     }
+                    (_, ErrorClass::ServerGone) | (_, ErrorClass::Transient)
+                        if backend_down && self.config.fail_fast =>
+                    {
+                        if class == ErrorClass::ServerGone {
+                            self.bump_generation(&mut st);
+                        }
+                        // Fail fast: nobody waits on a backend known to be down.
+                        let unavailable = PoolError::Unavailable(Arc::new(err.clone()));
+                        for waiter in std::mem::take(&mut st.waiters) {
+                            if let Ok(waker) = waiter.fail(unavailable.clone()) {
+                                after.wake(waker);
+                            }
+                        }
+                        st.waiting = 0;
+                    }
                     (_, ErrorClass::ServerGone) => self.bump_generation(&mut st),
                     (PoolError::Hook(_) | PoolError::Panicked { .. }, _) => {
                         // Not a connectivity problem: the oldest waiter gets this one.
