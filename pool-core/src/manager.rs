@@ -69,10 +69,11 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
-    /// Asked when a connection comes back: `true` means it carries state that
-    /// [`check`](Manager::check) must clear before anyone else uses it (an open transaction, for
-    /// example), so the check runs at its next checkout whatever the validation policy says.
-    /// The default says `false`.
+    /// Asked when a connection comes back and again before it is handed out: `true` means
+    /// [`check`](Manager::check) must run before anyone uses it, whatever the validation policy
+    /// says: it carries state to clear (an open transaction, for example) or shows signs of
+    /// trouble worth a round trip. Must be cheap and must not block. The default says
+    /// `false`.
     fn needs_check(&self, conn: &mut Self::Connection) -> bool {
         let _ = conn;
         false

@@ -521,6 +521,7 @@ impl<M: Manager> Shared<M> {
             if manager.is_broken(&mut entry.conn) {
                 Some(manager.is_server_gone(&mut entry.conn))
             } else {
+                entry.dirty |= manager.needs_check(&mut entry.conn);
                 None
             }
         }))

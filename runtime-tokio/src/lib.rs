@@ -87,10 +87,13 @@ impl Tokio {
     ///
     /// Cancel safe: dropping the future abandons the connect.
     pub async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
-        let _enter = self.handle.enter();
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        // Connect on the runtime itself, so the caller may poll from anywhere.
+        let connect = self.handle.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        });
+        connect.await.map_err(io::Error::other)?
     }
 
     /// Opens a Unix domain socket connection.
@@ -103,8 +106,11 @@ impl Tokio {
     ///
     /// Cancel safe: dropping the future abandons the connect.
     pub async fn connect_unix(&self, path: &Path) -> io::Result<tokio::net::UnixStream> {
-        let _enter = self.handle.enter();
-        tokio::net::UnixStream::connect(path).await
+        let path = path.to_path_buf();
+        let connect = self
+            .handle
+            .spawn(async move { tokio::net::UnixStream::connect(path).await });
+        connect.await.map_err(io::Error::other)?
     }
 }
 

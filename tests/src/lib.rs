@@ -4,6 +4,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod matrix;
+pub mod pg;
 pub mod proxy;
 pub mod script;
 

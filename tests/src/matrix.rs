@@ -7,6 +7,7 @@
 
 use momopool::{BoxFuture, Runtime};
 use momopool_async_std::AsyncStd;
+use momopool_pg::{PgRuntime, Socket};
 use momopool_smol::Smol;
 use momopool_tokio::Tokio;
 use std::fmt;
@@ -20,9 +21,16 @@ pub const GLOBAL_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Stamps each listed `async fn(Rt)` into a `#[test]` per runtime.
 ///
-/// ```ignore
-/// async fn waits_in_order(rt: Rt) { /* ... */ }
-/// momopool_tests::matrix!(waits_in_order);
+/// ```
+/// use momopool_tests::Rt;
+/// use std::time::Duration;
+///
+/// async fn sleeps_on_every_runtime(rt: Rt) {
+///     rt.sleep(Duration::from_millis(1)).await;
+/// }
+///
+/// momopool_tests::matrix!(sleeps_on_every_runtime);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! matrix {
@@ -45,7 +53,7 @@ macro_rules! matrix {
 /// Counts the tasks a pool spawned that are still running.
 #[derive(Debug)]
 struct Counted {
-    inner: Arc<dyn Runtime>,
+    inner: Arc<dyn PgRuntime>,
     live: Arc<AtomicUsize>,
 }
 
@@ -72,12 +80,28 @@ impl Runtime for Counted {
     }
 }
 
+impl PgRuntime for Counted {
+    fn connect_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> BoxFuture<'static, std::io::Result<Socket>> {
+        self.inner.connect_tcp(addr)
+    }
+
+    fn connect_unix(
+        &self,
+        path: std::path::PathBuf,
+    ) -> BoxFuture<'static, std::io::Result<Socket>> {
+        self.inner.connect_unix(path)
+    }
+}
+
 /// What a matrix test body gets: the runtime under test and helpers around it.
 #[derive(Clone)]
 pub struct Rt {
     name: &'static str,
-    raw: Arc<dyn Runtime>,
-    counted: Arc<dyn Runtime>,
+    raw: Arc<dyn PgRuntime>,
+    counted: Arc<Counted>,
     live: Arc<AtomicUsize>,
 }
 
@@ -88,7 +112,7 @@ impl fmt::Debug for Rt {
 }
 
 impl Rt {
-    fn new(name: &'static str, raw: Arc<dyn Runtime>) -> Self {
+    fn new(name: &'static str, raw: Arc<dyn PgRuntime>) -> Self {
         let live = Arc::new(AtomicUsize::new(0));
         let counted = Arc::new(Counted {
             inner: Arc::clone(&raw),
@@ -109,7 +133,12 @@ impl Rt {
 
     /// The runtime to build pools with; it counts the pool's tasks.
     pub fn runtime(&self) -> Arc<dyn Runtime> {
-        Arc::clone(&self.counted)
+        self.counted.clone()
+    }
+
+    /// The same runtime, with sockets, for PostgreSQL pools and connections.
+    pub fn pg_runtime(&self) -> Arc<dyn PgRuntime> {
+        self.counted.clone()
     }
 
     /// Tasks spawned through [`Rt::runtime`] that have not finished.

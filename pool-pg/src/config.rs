@@ -1,0 +1,467 @@
+//! [`PgConfig`]: where to connect and how to treat each connection.
+
+use crate::Error;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+/// How a connection is made ready for its next user when the pool checks it.
+///
+/// A connection returned inside a transaction (or in an unknown state after raw use of the
+/// client) is always rolled back first, whatever the method.
+///
+/// # Examples
+///
+/// ```
+/// use momopool_pg::Recycling;
+/// assert_eq!(Recycling::default(), Recycling::Verified);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Recycling {
+    /// Only look at whether the connection is closed: no round trip.
+    Fast,
+    /// An empty query round trip proves the server still answers.
+    #[default]
+    Verified,
+    /// Reset the session: close cursors, reset settings (then re-run the session
+    /// statements), unlisten, release advisory locks, discard temporary objects and sequence
+    /// state. Prepared statements are kept, so the statement cache stays valid.
+    Clean,
+    /// Run this SQL (one or more statements, simple protocol).
+    Custom(String),
+}
+
+/// Connection settings: the server and credentials (parsed by tokio-postgres from a URL or a
+/// `key=value` string), plus what momopool does with each connection.
+///
+/// Its `Debug` output never shows the password.
+///
+/// # Examples
+///
+/// ```
+/// use momopool_pg::PgConfig;
+///
+/// let config = PgConfig::from_dsn("postgresql://app:secret@127.0.0.1:5432/shop")
+///     .unwrap()
+///     .session(["SET search_path TO shop, public", "SET TIME ZONE 'UTC'"]);
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone)]
+pub struct PgConfig {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) session: Vec<String>,
+    pub(crate) recycling: Recycling,
+    pub(crate) statement_cache: usize,
+    pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio-postgres's own Debug already replaces the password with `_`.
+        f.debug_struct("PgConfig")
+            .field("pg", &self.pg)
+            .field("session", &self.session)
+            .field("recycling", &self.recycling)
+            .field("statement_cache", &self.statement_cache)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl Default for PgConfig {
+    /// `localhost:5432`, the `USER` environment variable (or `postgres`) as the user.
+    fn default() -> Self {
+        let mut config = PgConfig::from_pg(tokio_postgres::Config::new());
+        config.fill_defaults();
+        config
+    }
+}
+
+impl FromStr for PgConfig {
+    type Err = Error;
+
+    fn from_str(dsn: &str) -> Result<Self, Error> {
+        PgConfig::from_dsn(dsn)
+    }
+}
+
+impl PgConfig {
+    fn from_pg(pg: tokio_postgres::Config) -> Self {
+        PgConfig {
+            pg,
+            session: Vec::new(),
+            recycling: Recycling::default(),
+            statement_cache: 256,
+            statement_timeout: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+
+    /// Parses a DSN: a URL (`postgresql://user:password@host:port/dbname?option=value`) or
+    /// `key=value` pairs (`host=localhost user=app dbname=shop`). Several hosts may be
+    /// given (`host=a,b`); they are tried in order. Without a user, the `USER` environment
+    /// variable (or `postgres`) is used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] describing what is wrong, without echoing the DSN (it may hold a
+    /// password).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool_pg::PgConfig;
+    ///
+    /// assert!(PgConfig::from_dsn("host=/var/run/postgresql dbname=shop").is_ok());
+    /// assert!(PgConfig::from_dsn("postgresql://u:pw@host:notaport/db").is_err());
+    /// ```
+    pub fn from_dsn(dsn: &str) -> Result<Self, Error> {
+        let pg = tokio_postgres::Config::from_str(dsn)
+            .map_err(|e| Error::Config(format!("invalid connection string: {e}")))?;
+        let mut config = PgConfig::from_pg(pg);
+        config.fill_defaults();
+        Ok(config)
+    }
+
+    /// Reads the configuration from the environment: `DATABASE_URL` when set, otherwise the
+    /// libpq variables `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
+    /// `PGOPTIONS`, `PGCONNECT_TIMEOUT` and `PGTARGETSESSIONATTRS`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when a variable holds an invalid value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = momopool_pg::PgConfig::from_env();
+    /// # drop(config);
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](PgConfig::from_env), reading variables through `lookup`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when a variable holds an invalid value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool_pg::PgConfig;
+    ///
+    /// let vars = [("PGHOST", "db.internal"), ("PGPORT", "6432"), ("PGUSER", "app")];
+    /// let config = PgConfig::from_vars(|name| {
+    ///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.ports(), &[6432]);
+    /// ```
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.is_empty()) {
+            return Self::from_dsn(&url);
+        }
+        let mut pg = tokio_postgres::Config::new();
+        if let Some(hosts) = lookup("PGHOST") {
+            for host in hosts.split(',').filter(|h| !h.is_empty()) {
+                pg.host(host);
+            }
+        }
+        if let Some(ports) = lookup("PGPORT") {
+            for port in ports.split(',').filter(|p| !p.is_empty()) {
+                let port = port
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| Error::Config(format!("PGPORT: `{port}` is not a port")))?;
+                pg.port(port);
+            }
+        }
+        if let Some(user) = lookup("PGUSER") {
+            pg.user(&user);
+        }
+        if let Some(password) = lookup("PGPASSWORD") {
+            pg.password(password);
+        }
+        if let Some(dbname) = lookup("PGDATABASE") {
+            pg.dbname(&dbname);
+        }
+        if let Some(name) = lookup("PGAPPNAME") {
+            pg.application_name(&name);
+        }
+        if let Some(options) = lookup("PGOPTIONS") {
+            pg.options(&options);
+        }
+        let mut config = PgConfig::from_pg(pg);
+        if let Some(secs) = lookup("PGCONNECT_TIMEOUT") {
+            let secs = secs.trim().parse::<u64>().map_err(|_| {
+                Error::Config(format!(
+                    "PGCONNECT_TIMEOUT: `{secs}` is not a number of seconds"
+                ))
+            })?;
+            config.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(attrs) = lookup("PGTARGETSESSIONATTRS") {
+            let attrs = match attrs.trim() {
+                "any" => TargetSessionAttrs::Any,
+                "read-write" => TargetSessionAttrs::ReadWrite,
+                other => {
+                    return Err(Error::Config(format!(
+                        "PGTARGETSESSIONATTRS: `{other}` is not supported (any, read-write)"
+                    )));
+                }
+            };
+            config.pg.target_session_attrs(attrs);
+        }
+        config.fill_defaults();
+        Ok(config)
+    }
+
+    fn fill_defaults(&mut self) {
+        if self.pg.get_user().is_none() {
+            let user = std::env::var("USER").unwrap_or_else(|_| "postgres".to_string());
+            self.pg.user(&user);
+        }
+        if self.pg.get_hosts().is_empty() && self.pg.get_hostaddrs().is_empty() {
+            self.pg.host("localhost");
+        }
+    }
+
+    /// Statements run on every new connection before it is first used (Momoko's
+    /// `setsession`): `SET search_path ...`, `SET TIME ZONE ...` and the like.
+    ///
+    /// # Examples
+    ///
+    /// See [`PgConfig`].
+    pub fn session<I, S>(mut self, statements: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.session = statements.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How connections are recycled when the pool checks them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool_pg::{PgConfig, Recycling};
+    /// let config = PgConfig::default().recycling(Recycling::Clean);
+    /// # drop(config);
+    /// ```
+    pub fn recycling(mut self, recycling: Recycling) -> Self {
+        self.recycling = recycling;
+        self
+    }
+
+    /// How many prepared statements each connection keeps (least recently used ones are
+    /// closed first); 0 prepares every statement afresh.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = momopool_pg::PgConfig::default().statement_cache(1024);
+    /// # drop(config);
+    /// ```
+    pub fn statement_cache(mut self, capacity: usize) -> Self {
+        self.statement_cache = capacity;
+        self
+    }
+
+    /// A deadline for every statement run through the pool's calls; at the deadline a cancel
+    /// request is sent and the caller gets [`Error::StatementTimeout`]. `None` (the default)
+    /// waits as long as the statement runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = momopool_pg::PgConfig::default().statement_timeout(Duration::from_secs(5));
+    /// # drop(config);
+    /// ```
+    pub fn statement_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.statement_timeout = timeout.into();
+        self
+    }
+
+    /// The deadline of a standalone [`Connection::connect`](crate::Connection::connect) (the
+    /// pool uses its own create timeout). Covers TCP, TLS, startup and authentication.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = momopool_pg::PgConfig::default().connect_timeout(Duration::from_secs(3));
+    /// # drop(config);
+    /// ```
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.connect_timeout = timeout.into();
+        self
+    }
+
+    /// Sets the `application_name` reported to the server (visible in `pg_stat_activity`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = momopool_pg::PgConfig::default().application_name("billing");
+    /// assert_eq!(config.get_application_name(), Some("billing"));
+    /// ```
+    pub fn application_name(mut self, name: &str) -> Self {
+        self.pg.application_name(name);
+        self
+    }
+
+    /// The `application_name`, if set.
+    ///
+    /// # Examples
+    ///
+    /// See [`application_name`](PgConfig::application_name).
+    pub fn get_application_name(&self) -> Option<&str> {
+        self.pg.get_application_name()
+    }
+
+    /// Sets the password.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = momopool_pg::PgConfig::default().password("s3cret");
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// ```
+    pub fn password(mut self, password: impl AsRef<[u8]>) -> Self {
+        self.pg.password(password);
+        self
+    }
+
+    /// The configured ports.
+    ///
+    /// # Examples
+    ///
+    /// See [`from_vars`](PgConfig::from_vars).
+    pub fn ports(&self) -> &[u16] {
+        self.pg.get_ports()
+    }
+
+    /// The user name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = momopool_pg::PgConfig::from_dsn("user=app host=localhost").unwrap();
+    /// assert_eq!(config.user(), Some("app"));
+    /// ```
+    pub fn user(&self) -> Option<&str> {
+        self.pg.get_user()
+    }
+
+    /// The tokio-postgres configuration underneath, for settings not mirrored here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut config = momopool_pg::PgConfig::default();
+    /// config.pg_mut().keepalives(true);
+    /// ```
+    pub fn pg_mut(&mut self) -> &mut tokio_postgres::Config {
+        &mut self.pg
+    }
+
+    /// The places to try, in order, as `(host, port)`.
+    pub(crate) fn targets(&self) -> Vec<(Target, u16)> {
+        let ports = self.pg.get_ports();
+        let port_for = |i: usize| {
+            ports
+                .get(i)
+                .or_else(|| {
+                    if ports.len() == 1 {
+                        ports.first()
+                    } else {
+                        None
+                    }
+                })
+                .copied()
+                .unwrap_or(5432)
+        };
+        let hostaddrs = self.pg.get_hostaddrs();
+        let hosts = self.pg.get_hosts();
+        let count = hosts.len().max(hostaddrs.len());
+        (0..count)
+            .map(|i| {
+                let target = match (hostaddrs.get(i), hosts.get(i)) {
+                    (Some(addr), _) => Target::Addr(*addr),
+                    (None, Some(Host::Tcp(name))) => Target::Name(name.clone()),
+                    #[cfg(unix)]
+                    (None, Some(Host::Unix(dir))) => Target::Unix(dir.clone()),
+                    (None, None) => Target::Name("localhost".into()),
+                };
+                (target, port_for(i))
+            })
+            .collect()
+    }
+}
+
+/// One place a connection can be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Addr(std::net::IpAddr),
+    Name(String),
+    Unix(std::path::PathBuf),
+}
+
+impl Target {
+    pub(crate) fn describe(&self, port: u16) -> String {
+        match self {
+            Target::Addr(addr) => format!("{addr}:{port}"),
+            Target::Name(name) => format!("{name}:{port}"),
+            Target::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_errors_do_not_echo_the_password() {
+        let err = PgConfig::from_dsn("postgresql://app:hunter2@host:notaport/db").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = PgConfig::from_dsn("host=x password=hunter2 nonsense").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn env_prefers_database_url() {
+        let config = PgConfig::from_vars(|name| match name {
+            "DATABASE_URL" => Some("postgresql://u@h:7777/d".into()),
+            "PGPORT" => Some("1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.ports(), &[7777]);
+    }
+
+    #[test]
+    fn env_rejects_bad_values() {
+        let err = PgConfig::from_vars(|name| (name == "PGPORT").then(|| "x".into())).unwrap_err();
+        assert!(err.to_string().contains("PGPORT"));
+    }
+
+    #[test]
+    fn targets_pair_hosts_with_ports() {
+        let config = PgConfig::from_dsn("host=a,b port=1,2 user=u").unwrap();
+        let targets = config.targets();
+        assert_eq!(targets[0], (Target::Name("a".into()), 1));
+        assert_eq!(targets[1], (Target::Name("b".into()), 2));
+        let config = PgConfig::from_dsn("host=/tmp user=u").unwrap();
+        assert_eq!(config.targets()[0], (Target::Unix("/tmp".into()), 5432));
+    }
+}

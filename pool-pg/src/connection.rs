@@ -1,0 +1,1269 @@
+//! [`Connection`]: one PostgreSQL connection, pooled or standalone.
+//!
+//! A connection is a tokio-postgres `Client` plus the task that drives its socket, spawned on
+//! the runtime (never on Tokio directly). The driver records how the connection ended, so the
+//! pool can tell a closed connection, and one that died because the server went away, without
+//! a round trip. Statement methods record whether a failure happened before anything reached
+//! the server: that is what makes retrying safe.
+
+use crate::config::{PgConfig, Recycling, Target};
+use crate::error::{Error, pg_connection_lost};
+use crate::runtime::{PgRuntime, Probe, Socket};
+use crate::sql;
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Row, Statement};
+
+/// What the driver task knows about the connection's end.
+#[derive(Debug, Default)]
+pub(crate) struct Driver {
+    closed: AtomicBool,
+    server_gone: AtomicBool,
+    notifications: Mutex<Option<futures::channel::mpsc::UnboundedSender<Notification>>>,
+}
+
+/// A statement failure, and whether anything had been sent when it happened.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) sent: bool,
+}
+
+impl Failure {
+    fn unsent(error: impl Into<Error>) -> Self {
+        Failure {
+            error: error.into(),
+            sent: false,
+        }
+    }
+
+    fn sent(error: impl Into<Error>) -> Self {
+        Failure {
+            error: error.into(),
+            sent: true,
+        }
+    }
+}
+
+/// A bounded cache of prepared statements, least recently used out first.
+#[derive(Debug, Default)]
+struct StatementCache {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<String, (Statement, u64)>,
+}
+
+impl StatementCache {
+    fn get(&mut self, sql: &str) -> Option<Statement> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(sql).map(|(stmt, used)| {
+            *used = tick;
+            stmt.clone()
+        })
+    }
+
+    fn insert(&mut self, sql: &str, stmt: Statement) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity {
+            // Dropping the Statement makes tokio-postgres close it on the server.
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        self.entries.insert(sql.to_string(), (stmt, self.tick));
+    }
+
+    fn remove(&mut self, sql: &str) {
+        self.entries.remove(sql);
+    }
+}
+
+/// One PostgreSQL connection: what the pool hands out (behind a
+/// [`momopool::Pooled`] guard) and what [`Connection::connect`] opens on its own.
+///
+/// Statements are prepared once per connection and cached. Errors that show the connection
+/// is gone mark it, so the pool discards it on return, and (for server restarts) checks every
+/// older connection before reuse.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "rt-smol")]
+/// # smol::block_on(async {
+/// let mut conn = momopool_pg::Connection::connect("postgresql://app@127.0.0.1/shop").await?;
+/// let row = conn.query_one("SELECT $1::int + 1", &[&41]).await?;
+/// assert_eq!(row.get::<_, i32>(0), 42);
+/// # Ok::<_, momopool_pg::Error>(()) });
+/// ```
+pub struct Connection {
+    client: Client,
+    driver: Arc<Driver>,
+    cache: StatementCache,
+    backend_pid: i32,
+    /// Session state unknown (open transaction, raw client use): roll back before reuse.
+    pub(crate) dirty: bool,
+    /// A statement failed in a way that shows the connection is unusable.
+    broken: bool,
+    target: (Target, u16),
+    probe: Option<Probe>,
+    runtime: Arc<dyn PgRuntime>,
+    config: Arc<PgConfig>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("backend_pid", &self.backend_pid)
+            .field("target", &self.target.0.describe(self.target.1))
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Opens a standalone connection on the runtime picked by the enabled features (see
+    /// [`default_runtime`](crate::default_runtime)), bounded by the configuration's connect
+    /// timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid DSN; [`Error::Connect`] (carrying the cause: refused,
+    /// wrong password with SQLSTATE 28P01, unknown database 3D000, ...) when no host accepts;
+    /// [`Error::ConnectTimeout`] when the connect timeout passes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future abandons the connect.
+    ///
+    /// # Examples
+    ///
+    /// See [`Connection`].
+    pub async fn connect(dsn: &str) -> Result<Connection, Error> {
+        let config = PgConfig::from_dsn(dsn)?;
+        Self::connect_with(config, crate::default_runtime()?).await
+    }
+
+    /// Opens a standalone connection with this configuration on this runtime.
+    ///
+    /// # Errors
+    ///
+    /// As for [`connect`](Connection::connect).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future abandons the connect.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "rt-smol")]
+    /// # smol::block_on(async {
+    /// use momopool_pg::{Connection, PgConfig};
+    /// use std::sync::Arc;
+    ///
+    /// let config = PgConfig::from_dsn("host=127.0.0.1 user=app")?;
+    /// let conn = Connection::connect_with(config, Arc::new(momopool_smol::Smol)).await?;
+    /// # drop(conn);
+    /// # Ok::<_, momopool_pg::Error>(()) });
+    /// ```
+    pub async fn connect_with(
+        config: PgConfig,
+        runtime: Arc<dyn PgRuntime>,
+    ) -> Result<Connection, Error> {
+        let timeout = config.connect_timeout;
+        let config = Arc::new(config);
+        let open = Connection::open(Arc::clone(&config), Arc::clone(&runtime));
+        match timeout {
+            None => open.await,
+            Some(limit) => {
+                let open = std::pin::pin!(open);
+                match futures::future::select(open, runtime.sleep(limit)).await {
+                    futures::future::Either::Left((result, _)) => result,
+                    futures::future::Either::Right(_) => {
+                        Err(Error::ConnectTimeout { after: limit })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a connection: each configured host in order, until one accepts (and is
+    /// writable, when `target_session_attrs=read-write`); then the session statements.
+    pub(crate) async fn open(
+        config: Arc<PgConfig>,
+        runtime: Arc<dyn PgRuntime>,
+    ) -> Result<Connection, Error> {
+        let mut last = None;
+        for (target, port) in config.targets() {
+            match Self::open_one(&config, &runtime, &target, port).await {
+                Ok(conn) => return Ok(conn),
+                Err(err) => {
+                    // A wrong password is just as wrong on the next host: stop here.
+                    let permanent = err.class() == momopool::ErrorClass::Permanent;
+                    last = Some(Error::Connect {
+                        target: target.describe(port),
+                        source: Box::new(err),
+                    });
+                    if permanent {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config("no host to connect to".into())))
+    }
+
+    async fn open_one(
+        config: &Arc<PgConfig>,
+        runtime: &Arc<dyn PgRuntime>,
+        target: &Target,
+        port: u16,
+    ) -> Result<Connection, Error> {
+        let mut socket = connect_socket(runtime, target, port).await?;
+        let probe = socket.take_probe();
+        let (client, connection) = config.pg.connect_raw(socket, NoTls).await?;
+        let driver = Arc::new(Driver::default());
+        let state = Arc::clone(&driver);
+        runtime.spawn(Box::pin(async move {
+            let mut connection = connection;
+            loop {
+                match poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        let sender = state
+                            .notifications
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if let Some(sender) = &*sender {
+                            let _ = sender.unbounded_send(n);
+                        }
+                    }
+                    Some(Ok(AsyncMessage::Notice(notice))) => {
+                        tracing::debug!(
+                            code = notice.code().code(),
+                            message = notice.message(),
+                            "server notice"
+                        );
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        if pg_connection_lost(&err) {
+                            state.server_gone.store(true, Ordering::SeqCst);
+                        }
+                        tracing::debug!(error = %err, "connection ended with an error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            state.closed.store(true, Ordering::SeqCst);
+            // Ends any LISTEN stream.
+            state
+                .notifications
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }));
+
+        let mut conn = Connection {
+            client,
+            driver,
+            cache: StatementCache {
+                capacity: config.statement_cache,
+                ..StatementCache::default()
+            },
+            backend_pid: 0,
+            dirty: false,
+            broken: false,
+            target: (target.clone(), port),
+            probe,
+            runtime: Arc::clone(runtime),
+            config: Arc::clone(config),
+        };
+        let row = conn
+            .client
+            .query_one(
+                "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on'",
+                &[],
+            )
+            .await?;
+        conn.backend_pid = row.get(0);
+        let read_only: bool = row.get(1);
+        if read_only && config.pg.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
+            return Err(Error::ReadOnly {
+                target: target.describe(port),
+            });
+        }
+        conn.run_session_statements().await?;
+        Ok(conn)
+    }
+
+    async fn run_session_statements(&mut self) -> Result<(), Error> {
+        for statement in &self.config.session {
+            self.client.batch_execute(statement).await?;
+        }
+        Ok(())
+    }
+
+    /// The server process serving this connection (as in `pg_stat_activity.pid`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &momopool_pg::Connection) {
+    /// println!("served by backend {}", conn.backend_pid());
+    /// # }
+    /// ```
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Whether the connection is known to be closed or unusable.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &momopool_pg::Connection) {
+    /// assert!(!conn.is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.broken || self.client.is_closed() || self.driver.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the server has sent something (or closed) while no request was outstanding:
+    /// on an idle connection that is a goodbye, such as the FATAL of a shutdown. Only
+    /// meaningful between statements.
+    pub(crate) fn input_pending(&self) -> bool {
+        self.probe.as_ref().is_some_and(Probe::input_pending)
+    }
+
+    pub(crate) fn server_gone(&self) -> bool {
+        self.driver.server_gone.load(Ordering::SeqCst)
+    }
+
+    /// The tokio-postgres client underneath, for anything not offered here. The pool then
+    /// no longer knows the session state, so it rolls back and checks the connection before
+    /// its next user gets it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), tokio_postgres::Error> {
+    /// conn.client().simple_query("SELECT 1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn client(&mut self) -> &Client {
+        self.dirty = true;
+        &self.client
+    }
+
+    /// Records what a failed statement says about the connection.
+    fn note(&mut self, err: &tokio_postgres::Error) {
+        if pg_connection_lost(err) {
+            self.broken = true;
+            if !err.is_closed() || self.server_gone() {
+                self.driver.server_gone.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, Failure> {
+        if self.is_closed() {
+            return Err(Failure::unsent(closed_error(&self.client).await));
+        }
+        if let Some(stmt) = self.cache.get(sql) {
+            return Ok(stmt);
+        }
+        // Preparing has no side effects: a failure here leaves nothing half-done, so the
+        // statement itself counts as not sent.
+        match self.client.prepare(sql).await {
+            Ok(stmt) => {
+                self.cache.insert(sql, stmt.clone());
+                Ok(stmt)
+            }
+            Err(err) => {
+                self.note(&err);
+                Err(Failure::unsent(err))
+            }
+        }
+    }
+
+    /// Runs one statement with a cached prepared statement; re-prepares once if a schema
+    /// change invalidated the cached plan (outside a transaction).
+    pub(crate) async fn try_query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        in_transaction: bool,
+    ) -> Result<Vec<Row>, Failure> {
+        self.dirty |= !in_transaction && sql::may_open_transaction(sql);
+        let stmt = self.prepare_cached(sql).await?;
+        match self.client.query(&stmt, params).await {
+            Ok(rows) => Ok(rows),
+            Err(err) if is_plan_invalidated(&err) => {
+                self.cache.remove(sql);
+                if in_transaction {
+                    return Err(Failure::sent(Error::PlanInvalidated(err)));
+                }
+                let stmt = self.prepare_cached(sql).await?;
+                self.client.query(&stmt, params).await.map_err(|err| {
+                    self.note(&err);
+                    Failure::sent(err)
+                })
+            }
+            Err(err) => {
+                self.note(&err);
+                Err(Failure::sent(err))
+            }
+        }
+    }
+
+    pub(crate) async fn try_execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        in_transaction: bool,
+    ) -> Result<u64, Failure> {
+        self.dirty |= !in_transaction && sql::may_open_transaction(sql);
+        let stmt = self.prepare_cached(sql).await?;
+        match self.client.execute(&stmt, params).await {
+            Ok(n) => Ok(n),
+            Err(err) if is_plan_invalidated(&err) && !in_transaction => {
+                self.cache.remove(sql);
+                let stmt = self.prepare_cached(sql).await?;
+                self.client.execute(&stmt, params).await.map_err(|err| {
+                    self.note(&err);
+                    Failure::sent(err)
+                })
+            }
+            Err(err) if is_plan_invalidated(&err) => {
+                self.cache.remove(sql);
+                Err(Failure::sent(Error::PlanInvalidated(err)))
+            }
+            Err(err) => {
+                self.note(&err);
+                Err(Failure::sent(err))
+            }
+        }
+    }
+
+    pub(crate) async fn try_batch(&mut self, sql: &str) -> Result<(), Failure> {
+        self.dirty |= sql::may_open_transaction(sql);
+        if self.is_closed() {
+            return Err(Failure::unsent(closed_error(&self.client).await));
+        }
+        self.client.batch_execute(sql).await.map_err(|err| {
+            self.note(&err);
+            Failure::sent(err)
+        })
+    }
+
+    /// Runs a statement and returns its rows.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Postgres`] with the SQLSTATE for SQL errors; a connection loss marks the
+    /// connection so the pool discards it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the statement on the client side; the server may still
+    /// run it, and the connection's state is unknown: a pooled connection is then rolled back
+    /// and checked before reuse.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let rows = conn.query("SELECT generate_series(1, $1)", &[&3i32]).await?;
+    /// assert_eq!(rows.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.guarded(|conn| Box::pin(conn.try_query(sql, params, false)))
+            .await
+    }
+
+    /// Runs a statement that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), and [`Error::Postgres`] when the statement
+    /// returned no row or several.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let n: i64 = conn.query_one("SELECT count(*) FROM pg_class", &[]).await?.get(0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        let rows = self.query(sql, params).await?;
+        exactly_one(rows)
+    }
+
+    /// Runs a statement that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), and an error when it returned several rows.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let row = conn.query_opt("SELECT 1 WHERE false", &[]).await?;
+    /// assert!(row.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        let rows = self.query(sql, params).await?;
+        at_most_one(rows)
+    }
+
+    /// Runs a statement and returns how many rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let n = conn.execute("UPDATE items SET seen = true WHERE id = $1", &[&7i32]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        self.guarded(|conn| Box::pin(conn.try_execute(sql, params, false)))
+            .await
+    }
+
+    /// Runs one or more statements separated by semicolons, without parameters (the simple
+    /// query protocol).
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// conn.batch_execute("CREATE TEMP TABLE t (x int); INSERT INTO t VALUES (1)").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.guarded(|conn| Box::pin(conn.try_batch(sql))).await
+    }
+
+    /// Calls a function and returns its rows, like Momoko's `callproc`: `name` may be
+    /// schema-qualified and is quoted as an identifier (so `MyFunc` means exactly that).
+    ///
+    /// The server infers the argument types from the function; for an overloaded function
+    /// whose arguments are ambiguous, use [`query`](Connection::query) with explicit casts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty name or one with a NUL byte; otherwise as for
+    /// [`query`](Connection::query).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let rows = conn.callproc("add_tax", &[&100i32]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn callproc(
+        &mut self,
+        name: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let sql = callproc_sql(name, args.len())?;
+        self.query(&sql, args).await
+    }
+
+    /// Returns `sql` with its parameters inlined as correctly quoted SQL literals, like
+    /// Momoko's `mogrify`: for logs and debugging. (Statements run through this crate still
+    /// send their parameters separately.)
+    ///
+    /// The server renders each value (`quote_nullable`) with the type the statement expects,
+    /// so arrays, JSON, `bytea` and timestamps come out exactly as PostgreSQL would read
+    /// them, with an explicit cast. Costs up to two round trips.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when the number of parameters does not match the placeholders
+    /// or a text value holds a NUL byte; otherwise as for [`query`](Connection::query).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let text = conn.mogrify("SELECT $1::text", &[&"O'Reilly"]).await?;
+    /// assert_eq!(text, "SELECT 'O''Reilly'::text");
+    /// # Ok(()) }
+    /// ```
+    pub async fn mogrify(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<String, Error> {
+        self.guarded(|conn| Box::pin(conn.try_mogrify(sql, params)))
+            .await
+    }
+
+    pub(crate) async fn try_mogrify(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<String, Failure> {
+        let wanted = sql::max_placeholder(sql).map_err(|e| Failure::unsent(invalid(e)))?;
+        if wanted != params.len() {
+            return Err(Failure::unsent(Error::InvalidInput(format!(
+                "the statement uses {wanted} parameters but {} were given",
+                params.len()
+            ))));
+        }
+        if params.is_empty() {
+            return Ok(sql.to_string());
+        }
+        let stmt = self.prepare_cached(sql).await?;
+        let types: Vec<Type> = stmt.params().to_vec();
+        let rendering = render_literals_sql(&types);
+        let render = self.prepare_cached(&rendering).await?;
+        let row = match self.client.query_one(&render, params).await {
+            Ok(row) => row,
+            Err(err) => {
+                self.note(&err);
+                if err.code().map(|c| c.code()) == Some("22021") {
+                    return Err(Failure::sent(Error::InvalidInput(
+                        "a text parameter holds a NUL byte, which PostgreSQL text cannot".into(),
+                    )));
+                }
+                return Err(Failure::sent(err));
+            }
+        };
+        let literals: Vec<String> = (0..types.len()).map(|i| row.get(i)).collect();
+        sql::substitute_placeholders(sql, &literals).map_err(|e| Failure::unsent(invalid(e)))
+    }
+
+    /// Streams the rows of `sql` through a server-side cursor, `chunk` rows per round trip,
+    /// inside a transaction that ends with the stream (Momoko's named cursors). Memory stays
+    /// bounded by one chunk whatever the result size.
+    ///
+    /// Dropping the stream early rolls the transaction back.
+    ///
+    /// # Errors
+    ///
+    /// The stream yields an error (then ends) if a fetch fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::TryStreamExt;
+    ///
+    /// let rows = conn.cursor("SELECT generate_series(1, 1000)", &[], 10);
+    /// let all: Vec<tokio_postgres::Row> = rows.try_collect().await?;
+    /// assert_eq!(all.len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    pub fn cursor<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+        chunk: i32,
+    ) -> impl Stream<Item = Result<Row, Error>> + Send + 'a {
+        // Borrow the fields separately: the transaction holds the client, and the stream
+        // still clears the dirty flag once the transaction has ended cleanly.
+        let Connection {
+            client,
+            dirty,
+            broken,
+            ..
+        } = self;
+        *dirty = true;
+        enum State<'t> {
+            Start(&'t mut Client),
+            Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
+            Done,
+        }
+        let chunk = chunk.max(1);
+        let pages = futures::stream::unfold(
+            (State::Start(client), dirty, broken),
+            move |(state, dirty, broken)| async move {
+                let fail = |err: tokio_postgres::Error, broken: &mut bool| {
+                    if pg_connection_lost(&err) {
+                        *broken = true;
+                    }
+                    Error::Postgres(err)
+                };
+                let (tx, portal) = match state {
+                    State::Done => return None,
+                    State::Start(client) => {
+                        let tx = match client.transaction().await {
+                            Ok(tx) => tx,
+                            Err(err) => {
+                                let err = fail(err, broken);
+                                return Some((Err(err), (State::Done, dirty, broken)));
+                            }
+                        };
+                        match tx.bind(sql, params).await {
+                            Ok(portal) => (tx, portal),
+                            Err(err) => {
+                                let err = fail(err, broken);
+                                return Some((Err(err), (State::Done, dirty, broken)));
+                            }
+                        }
+                    }
+                    State::Open(tx, portal) => (tx, portal),
+                };
+                match tx.query_portal(&portal, chunk).await {
+                    Ok(rows) if rows.is_empty() => {
+                        drop(portal);
+                        match tx.commit().await {
+                            Ok(()) => {
+                                *dirty = false;
+                                None
+                            }
+                            Err(err) => {
+                                let err = fail(err, broken);
+                                Some((Err(err), (State::Done, dirty, broken)))
+                            }
+                        }
+                    }
+                    Ok(rows) => Some((Ok(rows), (State::Open(tx, portal), dirty, broken))),
+                    Err(err) => {
+                        let err = fail(err, broken);
+                        Some((Err(err), (State::Done, dirty, broken)))
+                    }
+                }
+            },
+        );
+        pages.flat_map(|page: Result<Vec<Row>, Error>| {
+            futures::stream::iter(match page {
+                Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(err) => vec![Err(err)],
+            })
+        })
+    }
+
+    /// Runs `f` inside a transaction: commits when it returns `Ok`, rolls back when it
+    /// returns `Err`, panics, or its future is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The closure's error; [`Error::OutcomeUnknown`] when the connection was lost while the
+    /// `COMMIT` was in flight (it may or may not have committed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future rolls the transaction back (the `ROLLBACK` is sent before the
+    /// connection serves anyone else).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let id: i32 = conn
+    ///     .transaction(|tx| {
+    ///         Box::pin(async move {
+    ///             tx.execute("INSERT INTO log (msg) VALUES ('hi')", &[]).await?;
+    ///             Ok(tx.query_one("SELECT lastval()::int", &[]).await?.get(0))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(&mut self, f: F) -> Result<T, Error>
+    where
+        F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
+    {
+        self.try_transaction(f).await.map_err(|failure| {
+            if failure.sent && failure.error.is_connection_lost() {
+                Error::OutcomeUnknown(Box::new(failure.error))
+            } else {
+                failure.error
+            }
+        })
+    }
+
+    pub(crate) async fn try_transaction<T, F>(&mut self, f: F) -> Result<T, Failure>
+    where
+        F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
+    {
+        self.dirty = true;
+        self.try_batch("BEGIN").await.map_err(|mut failure| {
+            // Nothing of the caller's ran yet.
+            failure.sent = false;
+            failure
+        })?;
+        let outcome = {
+            let mut tx = Transaction { conn: self };
+            let fut = f(&mut tx);
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
+        };
+        match outcome {
+            Ok(Ok(value)) => {
+                self.try_batch("COMMIT").await?;
+                self.dirty = false;
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
+                    self.dirty = false;
+                }
+                Err(Failure::sent(error))
+            }
+            Err(panic) => {
+                if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
+                    self.dirty = false;
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Runs statements in one transaction and returns the rows of each.
+    pub(crate) async fn try_statements(
+        &mut self,
+        statements: &[(&str, &[&(dyn ToSql + Sync)])],
+    ) -> Result<Vec<Vec<Row>>, Failure> {
+        self.dirty = true;
+        self.try_batch("BEGIN").await.map_err(|mut failure| {
+            failure.sent = false;
+            failure
+        })?;
+        let mut results = Vec::with_capacity(statements.len());
+        for (sql, params) in statements {
+            match self.try_query(sql, params, true).await {
+                Ok(rows) => results.push(rows),
+                Err(mut failure) => {
+                    // Nothing was committed: a transaction cut off before COMMIT is rolled
+                    // back by the server, so replaying the whole list from BEGIN is safe.
+                    failure.sent = false;
+                    if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
+                        self.dirty = false;
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+        self.try_batch("COMMIT").await?;
+        self.dirty = false;
+        Ok(results)
+    }
+
+    /// Makes the connection ready for reuse: roll back if the session state is unknown,
+    /// then the configured recycling method.
+    pub(crate) async fn recycle(&mut self) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        if self.dirty {
+            self.client.batch_execute("ROLLBACK").await?;
+        }
+        let recycling = self.config.recycling.clone();
+        match recycling {
+            Recycling::Fast => {}
+            Recycling::Verified => {
+                self.client.simple_query("").await?;
+            }
+            Recycling::Clean => {
+                self.client
+                    .batch_execute(
+                        "CLOSE ALL; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
+                         DISCARD TEMP; DISCARD SEQUENCES",
+                    )
+                    .await?;
+                self.run_session_statements().await?;
+            }
+            Recycling::Custom(sql) => self.client.batch_execute(&sql).await?,
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Sends a cancel request for whatever this connection's backend is running, in the
+    /// background, over a new socket.
+    pub(crate) fn cancel_in_background(&self) {
+        let token = self.client.cancel_token();
+        let runtime = Arc::clone(&self.runtime);
+        let (target, port) = self.target.clone();
+        self.runtime.spawn(Box::pin(async move {
+            match connect_socket(&runtime, &target, port).await {
+                Ok(socket) => {
+                    if let Err(err) = token.cancel_query_raw(socket, NoTls).await {
+                        tracing::debug!(error = %err, "cancel request failed");
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "could not open a socket to cancel"),
+            }
+        }));
+    }
+
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Runs a statement method, turning its failure into the error callers see.
+    async fn guarded<'a, T>(
+        &'a mut self,
+        run: impl FnOnce(&'a mut Self) -> momopool::BoxFuture<'a, Result<T, Failure>>,
+    ) -> Result<T, Error> {
+        run(self).await.map_err(|failure| {
+            if failure.sent && failure.error.is_connection_lost() {
+                Error::OutcomeUnknown(Box::new(failure.error))
+            } else {
+                failure.error
+            }
+        })
+    }
+
+    /// Starts listening on `channel` and forwards its notifications to `sender`.
+    pub(crate) async fn listen(
+        &mut self,
+        channel: &str,
+        sender: futures::channel::mpsc::UnboundedSender<Notification>,
+    ) -> Result<(), Error> {
+        *self
+            .driver
+            .notifications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        let sql = format!(
+            "LISTEN {}",
+            sql::quote_identifier(channel).map_err(invalid)?
+        );
+        self.batch_execute(&sql).await
+    }
+}
+
+/// A connection inside a transaction, as given to [`Connection::transaction`] and
+/// [`PgPool::transaction_with`](crate::PgPool::transaction_with): the same statement methods,
+/// minus retries (nothing is ever replayed inside a transaction).
+///
+/// # Examples
+///
+/// See [`Connection::transaction`].
+pub struct Transaction<'a> {
+    conn: &'a mut Connection,
+}
+
+impl std::fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+impl Transaction<'_> {
+    /// Runs a statement and returns its rows.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Connection::query`]; a cached plan invalidated by a schema change gives
+    /// [`Error::PlanInvalidated`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it abandons the statement; the transaction is rolled back.
+    ///
+    /// # Examples
+    ///
+    /// See [`Connection::transaction`].
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.conn
+            .guarded(|conn| Box::pin(conn.try_query(sql, params, true)))
+            .await
+    }
+
+    /// Runs a statement that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Transaction::query`], and when the statement did not return exactly one row.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Connection::transaction`].
+    pub async fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        exactly_one(self.query(sql, params).await?)
+    }
+
+    /// Runs a statement that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Transaction::query`], and when it returned several rows.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Connection::transaction`].
+    pub async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        at_most_one(self.query(sql, params).await?)
+    }
+
+    /// Runs a statement and returns how many rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Connection::transaction`].
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        self.conn
+            .guarded(|conn| Box::pin(conn.try_execute(sql, params, true)))
+            .await
+    }
+
+    /// Runs statements separated by semicolons, without parameters.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Connection::transaction`].
+    pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.conn.batch_execute(sql).await
+    }
+}
+
+/// The `SELECT * FROM name(...)` statement behind `callproc`.
+pub(crate) fn callproc_sql(name: &str, args: usize) -> Result<String, Error> {
+    let name = sql::quote_qualified_name(name).map_err(invalid)?;
+    let placeholders: Vec<String> = (1..=args).map(|i| format!("${i}")).collect();
+    Ok(format!("SELECT * FROM {name}({})", placeholders.join(", ")))
+}
+
+/// A statement that renders each parameter as a literal with an explicit cast.
+fn render_literals_sql(types: &[Type]) -> String {
+    let columns: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| {
+            let n = i + 1;
+            match *ty {
+                // Unknown or text-like: a plain quoted literal reads back the same.
+                Type::TEXT | Type::UNKNOWN | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+                    format!("quote_nullable(${n}::text)")
+                }
+                _ => {
+                    let cast = format!(
+                        "{}.{}",
+                        sql::quote_identifier(ty.schema()).unwrap_or_default(),
+                        sql::quote_identifier(ty.name()).unwrap_or_default()
+                    );
+                    format!(
+                        "CASE WHEN ${n}::{cast} IS NULL THEN 'NULL' ELSE \
+                         quote_literal(${n}::{cast}) || '::' || \
+                         pg_catalog.format_type({oid}, NULL) END",
+                        oid = ty.oid()
+                    )
+                }
+            }
+        })
+        .collect();
+    format!("SELECT {}", columns.join(", "))
+}
+
+fn is_plan_invalidated(err: &tokio_postgres::Error) -> bool {
+    err.code().map(|c| c.code()) == Some("0A000")
+}
+
+fn invalid(e: sql::SqlTextError) -> Error {
+    Error::InvalidInput(e.to_string())
+}
+
+fn exactly_one(rows: Vec<Row>) -> Result<Row, Error> {
+    let n = rows.len();
+    let mut rows = rows.into_iter();
+    match (rows.next(), n) {
+        (Some(row), 1) => Ok(row),
+        _ => Err(Error::InvalidInput(format!(
+            "expected exactly one row, the statement returned {n}"
+        ))),
+    }
+}
+
+fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
+    match rows.len() {
+        0 => Ok(None),
+        1 => Ok(rows.into_iter().next()),
+        n => Err(Error::InvalidInput(format!(
+            "expected at most one row, the statement returned {n}"
+        ))),
+    }
+}
+
+/// An error saying the connection is closed, as tokio-postgres reports it.
+async fn closed_error(client: &Client) -> Error {
+    // A closed client fails at once without sending anything; this yields tokio-postgres's
+    // own "connection closed" error rather than a made-up one.
+    match client.simple_query("").await {
+        Err(err) => Error::Postgres(err),
+        Ok(_) => Error::InvalidInput("connection reported closed".into()),
+    }
+}
+
+/// Opens a socket to one target through the runtime.
+async fn connect_socket(
+    runtime: &Arc<dyn PgRuntime>,
+    target: &Target,
+    port: u16,
+) -> Result<Socket, Error> {
+    match target {
+        Target::Unix(dir) => Ok(runtime
+            .connect_unix(dir.join(format!(".s.PGSQL.{port}")))
+            .await?),
+        Target::Addr(addr) => Ok(runtime.connect_tcp(SocketAddr::new(*addr, port)).await?),
+        Target::Name(name) => {
+            let addrs = resolve(name.clone(), port).await?;
+            let mut last = None;
+            for addr in addrs {
+                match runtime.connect_tcp(addr).await {
+                    Ok(socket) => return Ok(socket),
+                    Err(err) => last = Some(err),
+                }
+            }
+            Err(last
+                .unwrap_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address")
+                })
+                .into())
+        }
+    }
+}
+
+/// Resolves a host name off the async threads (the system resolver blocks).
+async fn resolve(name: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect),
+        );
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("name resolution thread failed")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callproc_quotes_the_name() {
+        assert_eq!(callproc_sql("f", 0).unwrap(), "SELECT * FROM \"f\"()");
+        assert_eq!(
+            callproc_sql("public.MyFunc", 2).unwrap(),
+            "SELECT * FROM \"public\".\"MyFunc\"($1, $2)"
+        );
+        assert!(callproc_sql("", 0).is_err());
+    }
+
+    #[test]
+    fn at_most_and_exactly_one() {
+        assert!(at_most_one(Vec::new()).unwrap().is_none());
+        assert!(exactly_one(Vec::new()).is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! [`PgManager`]: the momopool [`Manager`] for PostgreSQL.
+
+use crate::config::PgConfig;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::runtime::PgRuntime;
+use momopool::{ErrorClass, Manager, Metrics};
+use std::sync::Arc;
+
+/// Creates, checks and inspects PostgreSQL connections for a [`momopool::Pool`].
+///
+/// Most users build a [`PgPool`](crate::PgPool), which wraps one. Use it directly to put
+/// PostgreSQL connections in a plain `momopool::Pool` with settings of your own.
+///
+/// - **create** tries each configured host in order, honours
+///   `target_session_attrs=read-write`, and runs the session statements;
+/// - **check** rolls back a connection returned in an unknown state, then applies the
+///   [`Recycling`](crate::Recycling) method;
+/// - **is_broken** is true for a closed connection or one a statement found dead;
+/// - **needs_check** is true for a connection in an unknown session state, or whose socket
+///   holds input nobody asked for (perhaps the FATAL of a server shutdown, still unread),
+///   found by a non-blocking peek: then the check runs before reuse;
+/// - **classify** makes authentication and unknown-database errors permanent (SQLSTATE class
+///   28, 3D000) and connection losses "server gone".
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "rt-smol")] {
+/// use momopool::Pool;
+/// use momopool_pg::{PgConfig, PgManager};
+/// use std::sync::Arc;
+///
+/// let config = PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap();
+/// let runtime = Arc::new(momopool_smol::Smol);
+/// let pool = Pool::builder(PgManager::new(config, runtime.clone()))
+///     .runtime(momopool_smol::Smol)
+///     .max_size(8)
+///     .build()
+///     .unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgManager {
+    config: Arc<PgConfig>,
+    runtime: Arc<dyn PgRuntime>,
+}
+
+impl PgManager {
+    /// A manager for this configuration, opening sockets and driving connections on
+    /// `runtime`.
+    ///
+    /// # Examples
+    ///
+    /// See [`PgManager`].
+    pub fn new(config: PgConfig, runtime: Arc<dyn PgRuntime>) -> Self {
+        PgManager {
+            config: Arc::new(config),
+            runtime,
+        }
+    }
+
+    /// The configuration connections are made with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "rt-smol")] {
+    /// # use momopool_pg::{PgConfig, PgManager};
+    /// let manager = PgManager::new(PgConfig::default(), std::sync::Arc::new(momopool_smol::Smol));
+    /// assert!(manager.config().user().is_some());
+    /// # }
+    /// ```
+    pub fn config(&self) -> &PgConfig {
+        &self.config
+    }
+
+    /// The runtime connections are driven on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "rt-smol")] {
+    /// # use momopool_pg::{PgConfig, PgManager};
+    /// let manager = PgManager::new(PgConfig::default(), std::sync::Arc::new(momopool_smol::Smol));
+    /// let _runtime = manager.runtime();
+    /// # }
+    /// ```
+    pub fn runtime(&self) -> &Arc<dyn PgRuntime> {
+        &self.runtime
+    }
+}
+
+impl Manager for PgManager {
+    type Connection = Connection;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Connection, Error> {
+        Connection::open(Arc::clone(&self.config), Arc::clone(&self.runtime)).await
+    }
+
+    async fn check(&self, conn: &mut Connection, _metrics: &Metrics) -> Result<(), Error> {
+        conn.recycle().await
+    }
+
+    fn is_broken(&self, conn: &mut Connection) -> bool {
+        conn.is_closed()
+    }
+
+    fn needs_check(&self, conn: &mut Connection) -> bool {
+        // Between statements nothing is outstanding, so input waiting on the socket is either
+        // the tail of a failed statement (its ReadyForQuery) or the server's goodbye (the
+        // FATAL of a shutdown): a check tells which, for one round trip.
+        conn.dirty || conn.input_pending()
+    }
+
+    fn is_server_gone(&self, conn: &mut Connection) -> bool {
+        conn.server_gone()
+    }
+
+    fn classify(&self, error: &Error) -> ErrorClass {
+        error.class()
+    }
+}

@@ -1,0 +1,1061 @@
+//! [`PgPool`]: Momoko's Pool for PostgreSQL.
+//!
+//! See [`PgPool`] for the retry and reconnect rules every call follows.
+
+use crate::config::PgConfig;
+use crate::connection::{Connection, Failure, Transaction};
+use crate::error::Error;
+use crate::manager::PgManager;
+use crate::runtime::PgRuntime;
+use futures::Stream;
+use momopool::{Manager, Pool, PoolBuilder, PoolConfig, Pooled, Runtime};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Notification, Row};
+
+/// Statement parameters, as tokio-postgres takes them.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Per-call options: a deadline and whether the call may be replayed.
+///
+/// # Examples
+///
+/// ```
+/// use momopool_pg::CallOptions;
+/// use std::time::Duration;
+///
+/// let options = CallOptions::new().timeout(Duration::from_millis(300)).idempotent();
+/// # drop(options);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    timeout: Option<Duration>,
+    idempotent: bool,
+}
+
+impl CallOptions {
+    /// No deadline beyond the pool's, not idempotent.
+    pub fn new() -> Self {
+        CallOptions::default()
+    }
+
+    /// A deadline for this call, checkout included; overrides the pool's statement timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The statement (or transaction closure) may safely run twice: after a failure with an
+    /// unknown outcome it is replayed once on a fresh connection, within the deadline.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+}
+
+/// A PostgreSQL pool with Momoko's API: each call borrows a connection and returns it when
+/// done; several calls awaited together run in parallel on distinct connections.
+///
+/// # Retry and reconnect rules
+///
+/// - A dead connection is never handed out: the pool checks `is_closed` on every checkout,
+///   validates connections idle longer than its threshold, and after a connection dies of a
+///   "server gone" error checks every older connection first.
+/// - A statement whose connection turned out dead *before anything was sent* (closed at
+///   checkout, or lost while preparing) is retried on a fresh connection, up to three times.
+///   This is the transparent retry: the caller never sees it.
+/// - A failure after the statement was sent (the connection lost mid-statement, a `COMMIT`
+///   without a reply) has an unknown outcome. It is returned as
+///   [`Error::OutcomeUnknown`] and never replayed, unless the call was marked idempotent with
+///   [`CallOptions::idempotent`], which allows one replay on a fresh connection within the
+///   deadline. Nothing inside a caller's transaction is ever retried on its own.
+/// - SQL errors are returned at once with their SQLSTATE.
+/// - Authentication and unknown-database errors fail every waiting caller at once, without
+///   a reconnect storm.
+/// - A statement deadline ([`PgConfig::statement_timeout`] or
+///   [`CallOptions::timeout`]) frees the caller on time, sends the server a cancel request
+///   and discards the connection.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "rt-smol")]
+/// # smol::block_on(async {
+/// use momopool_pg::PgPool;
+///
+/// let pool = PgPool::connect("postgresql://app@127.0.0.1/shop").await?;
+/// let rows = pool.execute("SELECT $1::int + 1", &[&41]).await?;
+/// assert_eq!(rows[0].get::<_, i32>(0), 42);
+///
+/// // Three queries at once, on three connections.
+/// let (a, b, c) = futures::try_join!(
+///     pool.execute("SELECT pg_sleep(0.1)", &[]),
+///     pool.execute("SELECT pg_sleep(0.1)", &[]),
+///     pool.execute("SELECT pg_sleep(0.1)", &[]),
+/// )?;
+/// # drop((a, b, c));
+/// # Ok::<_, momopool_pg::Error>(()) });
+/// ```
+#[derive(Clone)]
+pub struct PgPool {
+    pool: Pool<PgManager>,
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool")
+            .field("config", self.pool.manager().config())
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+/// Builds a [`PgPool`].
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "rt-smol")] {
+/// use momopool_pg::{PgConfig, PgPool};
+/// use std::time::Duration;
+///
+/// let pool = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap())
+///     .runtime(momopool_smol::Smol)
+///     .min_size(1)
+///     .max_size(10)
+///     .configure(|b| b.wait_timeout(Duration::from_secs(3)))
+///     .build()
+///     .unwrap();
+/// # drop(pool); }
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PgPoolBuilder {
+    config: PgConfig,
+    pool: PoolConfig,
+    runtime: Option<Arc<dyn PgRuntime>>,
+    #[allow(clippy::type_complexity)]
+    configure: Vec<Box<dyn FnOnce(PoolBuilder<PgManager>) -> PoolBuilder<PgManager> + Send>>,
+}
+
+impl std::fmt::Debug for PgPoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPoolBuilder")
+            .field("config", &self.config)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgPoolBuilder {
+    /// The runtime to connect and run on; defaults to [`default_runtime`](crate::default_runtime).
+    pub fn runtime(mut self, runtime: impl PgRuntime) -> Self {
+        self.runtime = Some(Arc::new(runtime));
+        self
+    }
+
+    /// The runtime, already shared.
+    pub fn shared_runtime(mut self, runtime: Arc<dyn PgRuntime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Every pool setting at once (see [`momopool::PoolConfig`]).
+    pub fn pool_config(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Connections kept open even when idle (Momoko's `size`).
+    pub fn min_size(mut self, min_size: usize) -> Self {
+        self.pool.min_size = min_size;
+        self
+    }
+
+    /// The most connections the pool stretches to (Momoko's `max_size`).
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.pool.max_size = max_size;
+        self
+    }
+
+    /// Adjusts the underlying [`momopool::PoolBuilder`]: any setting, and hooks.
+    pub fn configure(
+        mut self,
+        f: impl FnOnce(PoolBuilder<PgManager>) -> PoolBuilder<PgManager> + Send + 'static,
+    ) -> Self {
+        self.configure.push(Box::new(f));
+        self
+    }
+
+    fn into_builder(self) -> Result<PoolBuilder<PgManager>, Error> {
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => crate::default_runtime()?,
+        };
+        let pool_runtime: Arc<dyn Runtime> = runtime.clone();
+        let mut builder = Pool::builder(PgManager::new(self.config, runtime))
+            .config(self.pool)
+            .shared_runtime(pool_runtime);
+        for f in self.configure {
+            builder = f(builder);
+        }
+        Ok(builder)
+    }
+
+    /// Builds the pool without connecting; `min_size` connections open in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting or no runtime.
+    pub fn build(self) -> Result<PgPool, Error> {
+        let pool = self
+            .into_builder()?
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(PgPool { pool })
+    }
+
+    /// Builds the pool and waits until `min_size` connections (at least one) are open:
+    /// an unreachable server or a wrong password fails here (Momoko's
+    /// `raise_connect_errors`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], or the connect error inside [`Error::Pool`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling drops the half-built pool, which closes it.
+    pub async fn build_eager(self) -> Result<PgPool, Error> {
+        let pool = self
+            .into_builder()?
+            .build_eager()
+            .await
+            .map_err(|e| match e {
+                momopool::PoolError::Config(e) => Error::Config(e.to_string()),
+                other => Error::Pool(other),
+            })?;
+        Ok(PgPool { pool })
+    }
+}
+
+impl PgPool {
+    /// Starts building a pool for this configuration.
+    ///
+    /// Unless the configuration names an `application_name`, connections report
+    /// `momopool`, which makes them easy to find in `pg_stat_activity`.
+    ///
+    /// # Examples
+    ///
+    /// See [`PgPoolBuilder`].
+    pub fn builder(mut config: PgConfig) -> PgPoolBuilder {
+        if config.get_application_name().is_none() {
+            config = config.application_name("momopool");
+        }
+        PgPoolBuilder {
+            config,
+            pool: PoolConfig::default(),
+            runtime: None,
+            configure: Vec::new(),
+        }
+    }
+
+    /// Connects a pool with default settings to `dsn` on the default runtime, and waits for
+    /// its first connection (so a wrong DSN fails here).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid DSN; the connect error inside [`Error::Pool`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling drops the half-built pool, which closes it.
+    ///
+    /// # Examples
+    ///
+    /// See [`PgPool`].
+    pub async fn connect(dsn: &str) -> Result<PgPool, Error> {
+        PgPool::builder(PgConfig::from_dsn(dsn)?)
+            .build_eager()
+            .await
+    }
+
+    /// The generic pool underneath: status, statistics, resize, close, and more.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(pool: &momopool_pg::PgPool) {
+    /// let status = pool.inner().status();
+    /// println!("{} of {} connections in use", status.in_use, status.size);
+    /// # }
+    /// ```
+    pub fn inner(&self) -> &Pool<PgManager> {
+        &self.pool
+    }
+
+    /// Closes the pool (see [`momopool::Pool::close`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(pool: &momopool_pg::PgPool) {
+    /// pool.close();
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Calls with these options.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let fast = CallOptions::new().timeout(Duration::from_millis(200)).idempotent();
+    /// let rows = pool.with(fast).execute("SELECT * FROM prices", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with(&self, options: CallOptions) -> Calls<'_> {
+        Calls {
+            pool: self,
+            options,
+        }
+    }
+
+    fn calls(&self) -> Calls<'_> {
+        self.with(CallOptions::default())
+    }
+
+    /// Runs a statement and returns its rows (Momoko's `execute`).
+    ///
+    /// # Errors
+    ///
+    /// See the [retry rules](PgPool#retry-and-reconnect-rules); SQL errors carry their SQLSTATE.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future returns the connection; if the statement was in flight, the
+    /// connection is rolled back and checked before its next use.
+    ///
+    /// # Examples
+    ///
+    /// See [`PgPool`].
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        self.calls().execute(sql, params).await
+    }
+
+    /// Runs a statement that returns exactly one row.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](PgPool::execute), and when it did not return exactly one row.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let n: i64 = pool.query_one("SELECT count(*) FROM pg_class", &[]).await?.get(0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        self.calls().query_one(sql, params).await
+    }
+
+    /// Runs a statement that returns at most one row.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](PgPool::execute), and when it returned several rows.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let row = pool.query_opt("SELECT 1 WHERE false", &[]).await?;
+    /// assert!(row.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
+        self.calls().query_opt(sql, params).await
+    }
+
+    /// Runs a statement and returns how many rows it affected.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let n = pool.execute_count("DELETE FROM sessions WHERE expired", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_count(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        self.calls().execute_count(sql, params).await
+    }
+
+    /// Runs statements separated by semicolons, without parameters.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// pool.batch_execute("CREATE TABLE IF NOT EXISTS t (x int); TRUNCATE t").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        self.calls().batch_execute(sql).await
+    }
+
+    /// Calls a function and returns its rows (Momoko's `callproc`); the name is quoted as an
+    /// identifier and may be schema-qualified. Argument types are inferred from the function
+    /// (see [`Connection::callproc`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty name; otherwise as for
+    /// [`execute`](PgPool::execute).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let rows = pool.callproc("add_tax", &[&100i32]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn callproc(&self, name: &str, args: Params<'_>) -> Result<Vec<Row>, Error> {
+        self.calls().callproc(name, args).await
+    }
+
+    /// Runs a list of statements atomically (Momoko's `transaction`) and returns the rows of
+    /// each.
+    ///
+    /// # Errors
+    ///
+    /// The first failing statement's error (everything is rolled back), or
+    /// [`Error::OutcomeUnknown`] when the connection was lost during `COMMIT`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future rolls the transaction back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let results = pool
+    ///     .transaction(&[
+    ///         ("INSERT INTO accounts (id, balance) VALUES ($1, 100)", &[&1i32]),
+    ///         ("SELECT balance FROM accounts WHERE id = $1", &[&1i32]),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(results[1][0].get::<_, i32>(0), 100);
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction(
+        &self,
+        statements: &[(&str, Params<'_>)],
+    ) -> Result<Vec<Vec<Row>>, Error> {
+        self.calls().transaction(statements).await
+    }
+
+    /// Runs `f` in a transaction on a pooled connection: commits on `Ok`, rolls back on
+    /// `Err`, panic or cancellation.
+    ///
+    /// # Errors
+    ///
+    /// The closure's error, or [`Error::OutcomeUnknown`] when the connection was lost after
+    /// the transaction started (never replayed unless marked idempotent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future rolls the transaction back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// pool.transaction_with(|tx| {
+    ///     Box::pin(async move {
+    ///         tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
+    ///         tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
+    ///         Ok(())
+    ///     })
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction_with<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: for<'c> FnMut(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
+    {
+        self.calls().transaction_with(f).await
+    }
+
+    /// Returns `sql` with its parameters inlined as quoted literals (Momoko's `mogrify`).
+    ///
+    /// # Errors
+    ///
+    /// See [`Connection::mogrify`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`execute`](PgPool::execute).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let text = pool.mogrify("SELECT $1::text, $2::int", &[&"it's", &7i32]).await?;
+    /// assert_eq!(text, "SELECT 'it''s'::text, '7'::integer::int");
+    /// # Ok(()) }
+    /// ```
+    pub async fn mogrify(&self, sql: &str, params: Params<'_>) -> Result<String, Error> {
+        self.calls().mogrify(sql, params).await
+    }
+
+    /// Borrows a connection (Momoko's `getconn`/`manage`; dropping the guard is `putconn`),
+    /// for work that needs one connection across several statements: server-side cursors,
+    /// session settings, explicit transactions.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`]: timeout (naming the phase and the last connect error), closed, busy.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (see [`momopool::Pool::get`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use futures::TryStreamExt;
+    ///
+    /// let mut conn = pool.get().await?;
+    /// let rows: Vec<_> = conn.cursor("SELECT generate_series(1, 1000)", &[], 10).try_collect().await?;
+    /// assert_eq!(rows.len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self) -> Result<Pooled<PgManager>, Error> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Like [`get`](PgPool::get), then pings the server (an empty query) so the connection
+    /// is known to work (Momoko's `getconn(ping=True)`). A connection that fails the ping is
+    /// discarded and another one tried.
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](PgPool::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// let conn = pool.get_pinged().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_pinged(&self) -> Result<Pooled<PgManager>, Error> {
+        for _ in 0..3 {
+            let mut conn = self.get().await?;
+            match conn.try_batch("").await {
+                Ok(()) => return Ok(conn),
+                Err(_) => Pooled::mark_broken(&mut conn),
+            }
+        }
+        self.get().await
+    }
+
+    /// Opens a dedicated connection (outside the pool's count) that listens on `channel` and
+    /// yields its notifications as a [`Stream`]. Add channels with
+    /// [`Listener::listen`]. The stream ends if the connection is lost.
+    ///
+    /// # Errors
+    ///
+    /// The connect error, or the `LISTEN` error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the half-opened connection is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use futures::StreamExt;
+    ///
+    /// let mut listener = pool.listen("jobs").await?;
+    /// pool.execute("SELECT pg_notify('jobs', 'hello')", &[]).await?;
+    /// let note = listener.next().await.expect("a notification");
+    /// assert_eq!(note.payload(), "hello");
+    /// # Ok(()) }
+    /// ```
+    pub async fn listen(&self, channel: &str) -> Result<Listener, Error> {
+        let mut conn = self.pool.manager().create().await?;
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        conn.listen(channel, tx).await?;
+        Ok(Listener {
+            conn,
+            notifications: rx,
+        })
+    }
+}
+
+/// Calls on a [`PgPool`] with [`CallOptions`]; see [`PgPool::with`].
+///
+/// # Examples
+///
+/// See [`PgPool::with`].
+#[derive(Debug, Clone, Copy)]
+pub struct Calls<'a> {
+    pool: &'a PgPool,
+    options: CallOptions,
+}
+
+/// One unit of work, so that a single loop applies the retry rules to all of them.
+enum Work<'a> {
+    Rows(&'a str, Params<'a>),
+    Count(&'a str, Params<'a>),
+    Batch(&'a str),
+    Mogrify(&'a str, Params<'a>),
+    Statements(&'a [(&'a str, Params<'a>)]),
+}
+
+enum Done {
+    Rows(Vec<Row>),
+    Count(u64),
+    Unit,
+    Text(String),
+    Many(Vec<Vec<Row>>),
+}
+
+impl Connection {
+    async fn perform(&mut self, work: &Work<'_>) -> Result<Done, Failure> {
+        match *work {
+            Work::Rows(sql, params) => self.try_query(sql, params, false).await.map(Done::Rows),
+            Work::Count(sql, params) => self.try_execute(sql, params, false).await.map(Done::Count),
+            Work::Batch(sql) => self.try_batch(sql).await.map(|()| Done::Unit),
+            Work::Mogrify(sql, params) => self.try_mogrify(sql, params).await.map(Done::Text),
+            Work::Statements(statements) => self.try_statements(statements).await.map(Done::Many),
+        }
+    }
+}
+
+impl Calls<'_> {
+    fn deadline(&self) -> Option<Duration> {
+        self.options
+            .timeout
+            .or(self.pool.pool.manager().config().statement_timeout)
+    }
+
+    /// Applies the retry rules of the module docs around `work`.
+    async fn run(&self, work: Work<'_>) -> Result<Done, Error> {
+        let deadline = self.deadline();
+        let started = Instant::now();
+        let mut unsent_retries = 0;
+        let mut replayed = false;
+        loop {
+            let mut conn = self.get_within(deadline, started).await?;
+            let outcome = match deadline {
+                None => conn.perform(&work).await,
+                Some(limit) => {
+                    let remaining = limit.saturating_sub(started.elapsed());
+                    let sleep = self.pool.pool.runtime().sleep(remaining);
+                    let finished = {
+                        let perform = Box::pin(conn.perform(&work));
+                        match futures::future::select(perform, sleep).await {
+                            futures::future::Either::Left((outcome, _)) => Some(outcome),
+                            futures::future::Either::Right(_) => None,
+                        }
+                    };
+                    match finished {
+                        Some(outcome) => outcome,
+                        None => {
+                            conn.cancel_in_background();
+                            conn.mark_broken();
+                            return Err(Error::StatementTimeout { after: limit });
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(done) => return Ok(done),
+                Err(Failure { error, sent }) => {
+                    if !error.is_connection_lost() {
+                        return Err(error);
+                    }
+                    drop(conn);
+                    if !sent && unsent_retries < 3 {
+                        unsent_retries += 1;
+                        tracing::debug!(error = %error, "connection was dead before sending; retrying");
+                        continue;
+                    }
+                    if sent && self.options.idempotent && !replayed {
+                        replayed = true;
+                        tracing::debug!(error = %error, "replaying an idempotent call once");
+                        continue;
+                    }
+                    return Err(if sent {
+                        Error::OutcomeUnknown(Box::new(error))
+                    } else {
+                        error
+                    });
+                }
+            }
+        }
+    }
+
+    async fn get_within(
+        &self,
+        deadline: Option<Duration>,
+        started: Instant,
+    ) -> Result<Pooled<PgManager>, Error> {
+        let conn = match deadline {
+            None => self.pool.pool.get().await?,
+            Some(limit) => {
+                let remaining = limit.saturating_sub(started.elapsed());
+                let wait = self
+                    .pool
+                    .pool
+                    .config()
+                    .wait_timeout
+                    .map_or(remaining, |w| w.min(remaining));
+                self.pool.pool.get_timeout(wait).await?
+            }
+        };
+        Ok(conn)
+    }
+
+    /// See [`PgPool::execute`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::execute`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        match self.run(Work::Rows(sql, params)).await? {
+            Done::Rows(rows) => Ok(rows),
+            _ => unreachable!("rows work yields rows"),
+        }
+    }
+
+    /// See [`PgPool::query_one`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::query_one`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        let rows = self.execute(sql, params).await?;
+        let n = rows.len();
+        if n != 1 {
+            return Err(Error::InvalidInput(format!(
+                "expected exactly one row, the statement returned {n}"
+            )));
+        }
+        Ok(rows.into_iter().next().expect("one row"))
+    }
+
+    /// See [`PgPool::query_opt`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::query_opt`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
+        let rows = self.execute(sql, params).await?;
+        match rows.len() {
+            0 | 1 => Ok(rows.into_iter().next()),
+            n => Err(Error::InvalidInput(format!(
+                "expected at most one row, the statement returned {n}"
+            ))),
+        }
+    }
+
+    /// See [`PgPool::execute_count`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::execute`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn execute_count(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        match self.run(Work::Count(sql, params)).await? {
+            Done::Count(n) => Ok(n),
+            _ => unreachable!("count work yields a count"),
+        }
+    }
+
+    /// See [`PgPool::batch_execute`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::execute`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        match self.run(Work::Batch(sql)).await? {
+            Done::Unit => Ok(()),
+            _ => unreachable!("batch work yields nothing"),
+        }
+    }
+
+    /// See [`PgPool::callproc`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::callproc`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn callproc(&self, name: &str, args: Params<'_>) -> Result<Vec<Row>, Error> {
+        let sql = crate::connection::callproc_sql(name, args.len())?;
+        self.execute(&sql, args).await
+    }
+
+    /// See [`PgPool::transaction`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::transaction`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::transaction`].
+    pub async fn transaction(
+        &self,
+        statements: &[(&str, Params<'_>)],
+    ) -> Result<Vec<Vec<Row>>, Error> {
+        match self.run(Work::Statements(statements)).await? {
+            Done::Many(results) => Ok(results),
+            _ => unreachable!("statements work yields row sets"),
+        }
+    }
+
+    /// See [`PgPool::mogrify`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::mogrify`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::execute`].
+    pub async fn mogrify(&self, sql: &str, params: Params<'_>) -> Result<String, Error> {
+        match self.run(Work::Mogrify(sql, params)).await? {
+            Done::Text(text) => Ok(text),
+            _ => unreachable!("mogrify work yields text"),
+        }
+    }
+
+    /// See [`PgPool::transaction_with`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`PgPool::transaction_with`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`PgPool::transaction_with`].
+    pub async fn transaction_with<T, F>(&self, mut f: F) -> Result<T, Error>
+    where
+        F: for<'c> FnMut(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
+    {
+        let deadline = self.deadline();
+        let started = Instant::now();
+        let mut unsent_retries = 0;
+        let mut replayed = false;
+        loop {
+            let mut conn = self.get_within(deadline, started).await?;
+            let outcome = {
+                let attempt = conn.try_transaction(|tx| f(tx));
+                match deadline {
+                    None => attempt.await,
+                    Some(limit) => {
+                        let remaining = limit.saturating_sub(started.elapsed());
+                        let sleep = self.pool.pool.runtime().sleep(remaining);
+                        match futures::future::select(Box::pin(attempt), sleep).await {
+                            futures::future::Either::Left((outcome, _)) => outcome,
+                            futures::future::Either::Right(_) => Err(Failure {
+                                error: Error::StatementTimeout { after: limit },
+                                sent: true,
+                            }),
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(value) => return Ok(value),
+                Err(Failure { error, sent }) => {
+                    if let Error::StatementTimeout { .. } = error {
+                        conn.cancel_in_background();
+                        conn.mark_broken();
+                        return Err(error);
+                    }
+                    if !error.is_connection_lost() {
+                        return Err(error);
+                    }
+                    drop(conn);
+                    if !sent && unsent_retries < 3 {
+                        unsent_retries += 1;
+                        continue;
+                    }
+                    if sent && self.options.idempotent && !replayed {
+                        replayed = true;
+                        continue;
+                    }
+                    return Err(if sent {
+                        Error::OutcomeUnknown(Box::new(error))
+                    } else {
+                        error
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Notifications from `LISTEN`, on a dedicated connection; see [`PgPool::listen`].
+///
+/// # Examples
+///
+/// See [`PgPool::listen`].
+pub struct Listener {
+    conn: Connection,
+    notifications: futures::channel::mpsc::UnboundedReceiver<Notification>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Also listens on `channel`.
+    ///
+    /// # Errors
+    ///
+    /// The `LISTEN` error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; the channel may or may not be listened to.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(listener: &mut momopool_pg::Listener) -> Result<(), momopool_pg::Error> {
+    /// listener.listen("other_channel").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn listen(&mut self, channel: &str) -> Result<(), Error> {
+        let sql = format!(
+            "LISTEN {}",
+            crate::sql::quote_identifier(channel)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?
+        );
+        self.conn.batch_execute(&sql).await
+    }
+
+    /// Stops listening on `channel`.
+    ///
+    /// # Errors
+    ///
+    /// The `UNLISTEN` error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; the channel may or may not still be listened to.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(listener: &mut momopool_pg::Listener) -> Result<(), momopool_pg::Error> {
+    /// listener.unlisten("jobs").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn unlisten(&mut self, channel: &str) -> Result<(), Error> {
+        let sql = format!(
+            "UNLISTEN {}",
+            crate::sql::quote_identifier(channel)
+                .map_err(|e| Error::InvalidInput(e.to_string()))?
+        );
+        self.conn.batch_execute(&sql).await
+    }
+
+    /// The backend serving this listener.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(listener: &momopool_pg::Listener) {
+    /// println!("listening on backend {}", listener.backend_pid());
+    /// # }
+    /// ```
+    pub fn backend_pid(&self) -> i32 {
+        self.conn.backend_pid()
+    }
+}
+
+impl Stream for Listener {
+    type Item = Notification;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
+        Pin::new(&mut self.notifications).poll_next(cx)
+    }
+}

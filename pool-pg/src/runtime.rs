@@ -1,0 +1,309 @@
+//! [`PgRuntime`]: a momopool [`Runtime`] that can also open the sockets PostgreSQL runs over.
+//!
+//! tokio-postgres speaks the protocol over any stream with Tokio's I/O traits and needs no
+//! Tokio runtime for that. The runtime crates open TCP and Unix sockets in their own way;
+//! [`Socket`] wraps either kind of stream (Tokio's or the `futures-io` traits used by smol and
+//! async-std) behind Tokio's traits.
+
+use momopool::{BoxFuture, Runtime};
+use std::io;
+use std::net::SocketAddr;
+#[cfg(any(feature = "rt-tokio", feature = "rt-smol", feature = "rt-async-std"))]
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A [`Runtime`] that can also connect sockets, as `momopool-pg` needs.
+///
+/// Implemented for `momopool_tokio::Tokio`, `momopool_smol::Smol` and
+/// `momopool_async_std::AsyncStd` behind the features `rt-tokio`, `rt-smol` and
+/// `rt-async-std`. Implement it for your own runtime by opening the socket and wrapping it
+/// with [`Socket::from_tokio`] or [`Socket::from_futures`].
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "rt-smol")] {
+/// use momopool_pg::PgRuntime;
+/// use std::sync::Arc;
+///
+/// let runtime: Arc<dyn PgRuntime> = Arc::new(momopool_smol::Smol);
+/// # drop(runtime); }
+/// ```
+pub trait PgRuntime: Runtime {
+    /// Opens a TCP connection to `addr` (with `TCP_NODELAY` set).
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Socket>>;
+
+    /// Opens a Unix domain socket connection to the socket file at `path`.
+    fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<Socket>>;
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A connected byte stream to a PostgreSQL server, whatever runtime opened it.
+pub struct Socket {
+    stream: Box<dyn Stream>,
+    probe: Option<Probe>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Socket")
+    }
+}
+
+impl Socket {
+    /// Wraps a stream with Tokio's I/O traits, such as `tokio::net::TcpStream`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn open() -> std::io::Result<momopool_pg::Socket> {
+    /// let stream = tokio::net::TcpStream::connect("127.0.0.1:5432").await?;
+    /// Ok(momopool_pg::Socket::from_tokio(stream))
+    /// # }
+    /// ```
+    pub fn from_tokio<S>(stream: S) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Socket {
+            stream: Box::new(stream),
+            probe: None,
+        }
+    }
+
+    /// Wraps a stream with the `futures-io` traits, such as smol's or async-std's
+    /// `TcpStream`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn open() -> std::io::Result<momopool_pg::Socket> {
+    /// let stream = smol::net::TcpStream::connect("127.0.0.1:5432").await?;
+    /// Ok(momopool_pg::Socket::from_futures(stream))
+    /// # }
+    /// ```
+    pub fn from_futures<S>(stream: S) -> Self
+    where
+        S: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static,
+    {
+        Socket {
+            stream: Box::new(FuturesIo(stream)),
+            probe: None,
+        }
+    }
+
+    /// Lets the pool notice, without a round trip, that the server has spoken while the
+    /// connection sat idle: a connection with no request outstanding receives bytes (or an
+    /// end of stream) only when the server is saying goodbye (a shutdown or a terminated
+    /// backend). `fd` is the socket's descriptor; a duplicate is kept and peeked at, never
+    /// read. Without a probe the pool relies on the driver having seen the goodbye.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn open() -> std::io::Result<momopool_pg::Socket> {
+    /// use std::os::fd::AsFd;
+    ///
+    /// let stream = tokio::net::TcpStream::connect("127.0.0.1:5432").await?;
+    /// let fd = stream.as_fd().try_clone_to_owned()?;
+    /// Ok(momopool_pg::Socket::from_tokio(stream).with_probe(fd))
+    /// # }
+    /// ```
+    pub fn with_probe(mut self, fd: std::os::fd::OwnedFd) -> Self {
+        self.probe = Some(Probe(socket2::Socket::from(fd)));
+        self
+    }
+
+    pub(crate) fn take_probe(&mut self) -> Option<Probe> {
+        self.probe.take()
+    }
+}
+
+/// A duplicate of a connection's socket descriptor, used only to peek.
+pub(crate) struct Probe(socket2::Socket);
+
+impl Probe {
+    /// Whether input (or an end of stream) is waiting to be read. The duplicate shares the
+    /// runtime's non-blocking mode, so this never waits.
+    pub(crate) fn input_pending(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match self.0.peek(&mut byte) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+            Err(_) => true,
+        }
+    }
+}
+
+/// Adds a probe when the descriptor could be duplicated (a socket without one still works).
+#[cfg(any(feature = "rt-tokio", feature = "rt-smol", feature = "rt-async-std"))]
+fn with_fd(socket: Socket, fd: io::Result<std::os::fd::OwnedFd>) -> Socket {
+    match fd {
+        Ok(fd) => socket.with_probe(fd),
+        Err(_) => socket,
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Presents a `futures-io` stream with Tokio's traits.
+struct FuturesIo<S>(S);
+
+impl<S: futures_io::AsyncRead + Unpin> AsyncRead for FuturesIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // futures-io reads into initialised memory; Tokio may hand us uninitialised memory,
+        // which `initialize_unfilled` zeroes first (without unsafe code).
+        let unfilled = buf.initialize_unfilled();
+        match Pin::new(&mut self.0).poll_read(cx, unfilled) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: futures_io::AsyncWrite + Unpin> AsyncWrite for FuturesIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+#[cfg(feature = "rt-tokio")]
+impl PgRuntime for momopool_tokio::Tokio {
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Socket>> {
+        let runtime = self.clone();
+        Box::pin(async move {
+            let stream = runtime.connect_tcp(addr).await?;
+            let fd = stream.as_fd().try_clone_to_owned();
+            Ok(with_fd(Socket::from_tokio(stream), fd))
+        })
+    }
+
+    fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<Socket>> {
+        let runtime = self.clone();
+        Box::pin(async move {
+            let stream = runtime.connect_unix(&path).await?;
+            let fd = stream.as_fd().try_clone_to_owned();
+            Ok(with_fd(Socket::from_tokio(stream), fd))
+        })
+    }
+}
+
+#[cfg(feature = "rt-smol")]
+impl PgRuntime for momopool_smol::Smol {
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Socket>> {
+        Box::pin(async move {
+            let stream = momopool_smol::Smol.connect_tcp(addr).await?;
+            let fd = stream.as_fd().try_clone_to_owned();
+            Ok(with_fd(Socket::from_futures(stream), fd))
+        })
+    }
+
+    fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<Socket>> {
+        Box::pin(async move {
+            let stream = momopool_smol::Smol.connect_unix(&path).await?;
+            let fd = stream.as_fd().try_clone_to_owned();
+            Ok(with_fd(Socket::from_futures(stream), fd))
+        })
+    }
+}
+
+#[cfg(feature = "rt-async-std")]
+impl PgRuntime for momopool_async_std::AsyncStd {
+    fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Socket>> {
+        Box::pin(async move {
+            let stream = momopool_async_std::AsyncStd.connect_tcp(addr).await?;
+            let fd = stream.as_fd().try_clone_to_owned();
+            Ok(with_fd(Socket::from_futures(stream), fd))
+        })
+    }
+
+    fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<Socket>> {
+        Box::pin(async move {
+            let stream = momopool_async_std::AsyncStd.connect_unix(&path).await?;
+            let fd = stream.as_fd().try_clone_to_owned();
+            Ok(with_fd(Socket::from_futures(stream), fd))
+        })
+    }
+}
+
+/// The runtime picked by the enabled features: Tokio when `rt-tokio` is on and the caller runs
+/// inside a Tokio runtime, else smol (`rt-smol`), else async-std (`rt-async-std`).
+///
+/// # Errors
+///
+/// [`Error::Config`](crate::Error::Config) when no runtime feature fits.
+///
+/// # Examples
+///
+/// ```
+/// # #[cfg(feature = "rt-smol")]
+/// assert!(momopool_pg::default_runtime().is_ok());
+/// ```
+pub fn default_runtime() -> Result<std::sync::Arc<dyn PgRuntime>, crate::Error> {
+    #[cfg(feature = "rt-tokio")]
+    if let Some(tokio) = momopool_tokio::Tokio::try_current() {
+        return Ok(std::sync::Arc::new(tokio));
+    }
+    #[cfg(feature = "rt-smol")]
+    return Ok(std::sync::Arc::new(momopool_smol::Smol));
+    #[cfg(all(feature = "rt-async-std", not(feature = "rt-smol")))]
+    return Ok(std::sync::Arc::new(momopool_async_std::AsyncStd));
+    #[allow(unreachable_code)]
+    Err(crate::Error::Config(
+        "no runtime: enable one of the features rt-tokio (and call from inside a Tokio \
+         runtime), rt-smol or rt-async-std, or pass a runtime explicitly"
+            .into(),
+    ))
+}

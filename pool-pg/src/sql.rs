@@ -1,0 +1,949 @@
+//! Rendering SQL text on the client side: positional placeholders, string literals and
+//! identifiers.
+//!
+//! [`substitute_placeholders`] replaces the positional placeholders `$1`, `$2`, ... of a
+//! statement with ready-made SQL text (typically produced by [`quote_literal`]), which is
+//! what the simple query protocol needs because it has no separate parameters.
+//! [`max_placeholder`] tells how many values a statement expects. [`quote_literal`],
+//! [`quote_identifier`] and [`quote_qualified_name`] turn arbitrary text into SQL that
+//! means exactly that text.
+//!
+//! # Lexing
+//!
+//! Placeholders are found with a small lexer that follows PostgreSQL's own rules closely
+//! enough to tell code from everything else:
+//!
+//! - string literals `'...'` with `''` escapes, including the `B'...'`, `X'...'`,
+//!   `N'...'` and `U&'...'` forms; `E'...'` strings additionally treat a backslash as an
+//!   escape character (`E'\''` is one literal), but only when the `E` is a word of its own
+//!   (`type'x'` is the identifier `type` followed by the literal `'x'`);
+//! - quoted identifiers `"..."` with `""` escapes;
+//! - dollar-quoted strings `$$...$$` and `$tag$...$tag$`, where the tag is an identifier
+//!   without `$`;
+//! - line comments `-- ...` and block comments `/* ... */`, which nest;
+//! - identifiers, which may contain `$` after their first character, so `a$1` is one
+//!   identifier and not `a` followed by a placeholder.
+//!
+//! A placeholder is `$` followed by all the decimal digits after it (`$10` is parameter
+//! ten), wherever `$` is not part of an identifier or of one of the constructs above. A
+//! statement whose literal, identifier, dollar quote or block comment is not closed is
+//! rejected with [`SqlTextError::UnterminatedQuote`].
+//!
+//! Plain `'...'` literals are lexed as PostgreSQL does with `standard_conforming_strings`
+//! on (the default since PostgreSQL 9.1): a backslash in them is an ordinary character.
+
+use std::fmt;
+
+/// Why a statement or name cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SqlTextError {
+    /// The statement uses the placeholder `$index`, but only `given` values were supplied.
+    ///
+    /// `index` is 0 for the placeholder `$0` (parameters are numbered from 1) and
+    /// saturates at `usize::MAX` for numbers too large to represent.
+    MissingParameter {
+        /// The number of the placeholder.
+        index: usize,
+        /// How many values were supplied.
+        given: usize,
+    },
+    /// A NUL byte in text that must go into a literal or an identifier; PostgreSQL cannot
+    /// store it in either.
+    NulByte,
+    /// An empty identifier, or an empty part in a qualified name (`a..b`, `.a`, `a.`).
+    EmptyName,
+    /// The SQL has an unterminated string literal, quoted identifier, dollar quote or block
+    /// comment; or a name has an unterminated or misplaced double quote (such as `"a"b`
+    /// or `a"b"`).
+    UnterminatedQuote,
+}
+
+impl fmt::Display for SqlTextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingParameter { index: 0, .. } => {
+                f.write_str("parameter $0 is used but parameters are numbered from $1")
+            }
+            Self::MissingParameter { index, given: 0 } => {
+                write!(f, "parameter ${index} is used but no values were given")
+            }
+            Self::MissingParameter { index, given: 1 } => {
+                write!(f, "parameter ${index} is used but only 1 value was given")
+            }
+            Self::MissingParameter { index, given } => {
+                write!(
+                    f,
+                    "parameter ${index} is used but only {given} values were given"
+                )
+            }
+            Self::NulByte => f.write_str("a NUL byte cannot appear in a literal or identifier"),
+            Self::EmptyName => f.write_str("empty identifier or empty part in a qualified name"),
+            Self::UnterminatedQuote => f.write_str(
+                "unterminated or misplaced quote, quoted identifier, dollar quote or comment",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SqlTextError {}
+
+/// Replaces every positional placeholder `$1`, `$2`, ... that appears in code (not inside
+/// a string literal, quoted identifier, dollar-quoted string or comment) with
+/// `literals[n - 1]` and returns the new SQL.
+///
+/// Everything else is copied unchanged, so `$1::int` becomes `<literal>::int`. A single
+/// space is put between an inserted literal and its neighbour only where the two would
+/// otherwise run together into a different token: two word characters (`1$1` with `2`
+/// would read as `12`), two operator characters (`1-$1` with `-5` would start a `--`
+/// comment), two `'` (`'a'$1` with `'b'` would read as the single literal `a'b`) or two
+/// `"`.
+///
+/// # Errors
+///
+/// [`SqlTextError::MissingParameter`] if a placeholder has no value (including `$0`), and
+/// [`SqlTextError::UnterminatedQuote`] if the SQL does not lex.
+pub(crate) fn substitute_placeholders(
+    sql: &str,
+    literals: &[String],
+) -> Result<String, SqlTextError> {
+    let mut out =
+        String::with_capacity(sql.len() + literals.iter().map(String::len).sum::<usize>());
+    let mut copied = 0;
+    for token in Lexer::new(sql) {
+        let token = token?;
+        let TokenKind::Placeholder(index) = token.kind else {
+            continue;
+        };
+        let literal = index.checked_sub(1).and_then(|i| literals.get(i)).ok_or(
+            SqlTextError::MissingParameter {
+                index,
+                given: literals.len(),
+            },
+        )?;
+        out.push_str(&sql[copied..token.start]);
+        push_separated(&mut out, literal, sql.as_bytes().get(token.end).copied());
+        copied = token.end;
+    }
+    out.push_str(&sql[copied..]);
+    Ok(out)
+}
+
+/// The highest placeholder number used in code (0 if there is none), found with the same
+/// lexing rules as [`substitute_placeholders`].
+///
+/// # Errors
+///
+/// [`SqlTextError::UnterminatedQuote`] if the SQL does not lex.
+pub(crate) fn max_placeholder(sql: &str) -> Result<usize, SqlTextError> {
+    let mut max = 0;
+    for token in Lexer::new(sql) {
+        if let TokenKind::Placeholder(index) = token?.kind {
+            max = max.max(index);
+        }
+    }
+    Ok(max)
+}
+
+/// A string literal for arbitrary text: `'...'` with every `'` doubled.
+///
+/// If the text contains a backslash, the `E'...'` form is used, with backslashes doubled
+/// as well, so that the literal means the same text whatever `standard_conforming_strings`
+/// is set to.
+///
+/// # Errors
+///
+/// [`SqlTextError::NulByte`] if the text contains a NUL byte.
+#[cfg(test)]
+pub(crate) fn quote_literal(text: &str) -> Result<String, SqlTextError> {
+    if text.contains('\0') {
+        return Err(SqlTextError::NulByte);
+    }
+    let backslash = text.contains('\\');
+    let mut out = String::with_capacity(text.len() + 3);
+    if backslash {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    Ok(out)
+}
+
+/// A quoted identifier: `"..."` with every `"` doubled. The name is taken as written, with
+/// no case folding.
+///
+/// # Errors
+///
+/// [`SqlTextError::EmptyName`] if the name is empty, [`SqlTextError::NulByte`] if it
+/// contains a NUL byte.
+pub(crate) fn quote_identifier(name: &str) -> Result<String, SqlTextError> {
+    if name.is_empty() {
+        return Err(SqlTextError::EmptyName);
+    }
+    if name.contains('\0') {
+        return Err(SqlTextError::NulByte);
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    Ok(out)
+}
+
+/// A possibly schema-qualified function or table name from user input, such as `my_func`,
+/// `public.my_func`, `"Weird.Name"` or `sch."Mixed Case"`, rendered as SQL.
+///
+/// The name is split on the dots outside double quotes. A part that is in double quotes
+/// is kept verbatim after checking that it is properly closed (with `""` as the escaped
+/// quote). Any other part is quoted with [`quote_identifier`] as written: there is no case
+/// folding (`MyFunc` becomes `"MyFunc"`) and no trimming of white space. The parts are
+/// joined with `.`.
+///
+/// # Errors
+///
+/// - [`SqlTextError::EmptyName`] for an empty name, an empty part (`a..b`, `.a`, `a.`) or
+///   an empty quoted part (`""`);
+/// - [`SqlTextError::UnterminatedQuote`] for a double quote that is not closed, or that
+///   does not enclose a whole part (`"a"b`, `a"b"`);
+/// - [`SqlTextError::NulByte`] for a NUL byte.
+pub(crate) fn quote_qualified_name(name: &str) -> Result<String, SqlTextError> {
+    let bytes = name.as_bytes();
+    let mut out = String::with_capacity(name.len() + 2);
+    let mut start = 0;
+    loop {
+        let end = if bytes.get(start) == Some(&b'"') {
+            let end = scan_quoted(bytes, start + 1, b'"', false)?;
+            if end == start + 2 {
+                return Err(SqlTextError::EmptyName);
+            }
+            let part = &name[start..end];
+            if part.contains('\0') {
+                return Err(SqlTextError::NulByte);
+            }
+            out.push_str(part);
+            end
+        } else {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'.' || b == b'"')
+                .map_or(bytes.len(), |p| start + p);
+            out.push_str(&quote_identifier(&name[start..end])?);
+            end
+        };
+        match bytes.get(end) {
+            None => return Ok(out),
+            Some(b'.') => {
+                out.push('.');
+                start = end + 1;
+            }
+            Some(_) => return Err(SqlTextError::UnterminatedQuote),
+        }
+    }
+}
+
+/// Appends `literal` to `out`, with a space on either side where it would otherwise run
+/// together with the text before it (the end of `out`) or after it (`next`).
+fn push_separated(out: &mut String, literal: &str, next: Option<u8>) {
+    let prev = out.as_bytes().last().copied();
+    let (Some(&first), Some(&last)) = (literal.as_bytes().first(), literal.as_bytes().last())
+    else {
+        // Nothing to insert, but the text on both sides now meets.
+        if let (Some(prev), Some(next)) = (prev, next)
+            && glues(prev, next)
+        {
+            out.push(' ');
+        }
+        return;
+    };
+    if prev.is_some_and(|prev| glues(prev, first)) {
+        out.push(' ');
+    }
+    out.push_str(literal);
+    if next.is_some_and(|next| glues(last, next)) {
+        out.push(' ');
+    }
+}
+
+/// Whether the bytes `left` and `right`, written next to each other, could lex as part of
+/// one token (or start a comment) where they were meant to end and start two.
+fn glues(left: u8, right: u8) -> bool {
+    (is_word_byte(left) && is_word_byte(right))
+        || (is_operator_byte(left) && is_operator_byte(right))
+        || (left == right && matches!(left, b'\'' | b'"'))
+        || (left == b'.' && right.is_ascii_digit())
+        || (left.is_ascii_digit() && right == b'.')
+}
+
+/// A byte that can be part of an identifier, keyword, number or placeholder.
+fn is_word_byte(b: u8) -> bool {
+    is_ident_cont(b)
+}
+
+/// A byte that can be part of an operator (or of `--` and `/*`).
+fn is_operator_byte(b: u8) -> bool {
+    matches!(
+        b,
+        b'+' | b'-'
+            | b'*'
+            | b'/'
+            | b'<'
+            | b'>'
+            | b'='
+            | b'~'
+            | b'!'
+            | b'@'
+            | b'#'
+            | b'%'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
+    )
+}
+
+/// A byte that can start an identifier (and a dollar-quote tag). Every byte of a non-ASCII
+/// character counts, as in PostgreSQL.
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+/// A byte that can continue a dollar-quote tag.
+fn is_tag_cont(b: u8) -> bool {
+    is_ident_start(b) || b.is_ascii_digit()
+}
+
+/// A byte that can continue an identifier.
+fn is_ident_cont(b: u8) -> bool {
+    is_tag_cont(b) || b == b'$'
+}
+
+/// Scans the body of a quoted construct whose opening quote is just before `start` and
+/// returns the index just past the closing `quote`. A doubled quote is an escaped quote;
+/// with `backslash`, a backslash escapes the byte after it.
+fn scan_quoted(
+    bytes: &[u8],
+    start: usize,
+    quote: u8,
+    backslash: bool,
+) -> Result<usize, SqlTextError> {
+    let mut i = start;
+    while let Some(&b) = bytes.get(i) {
+        if b == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return Ok(i + 1);
+            }
+        } else if backslash && b == b'\\' {
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    Err(SqlTextError::UnterminatedQuote)
+}
+
+/// What a [`Token`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    /// Code other than a placeholder: an identifier or keyword, or a single other byte.
+    Code,
+    /// A positional placeholder `$n`, with its number (saturating at `usize::MAX`).
+    Placeholder(usize),
+    /// A string literal, including its prefix (`E`) if any and its quotes.
+    Literal,
+    /// A quoted identifier, including its quotes.
+    QuotedIdentifier,
+    /// A dollar-quoted string, including both delimiters.
+    DollarQuoted,
+    /// A line or block comment.
+    Comment,
+}
+
+/// A piece of SQL text: `sql[start..end]`. Both ends are on character boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token {
+    /// What the piece is.
+    kind: TokenKind,
+    /// Index of its first byte.
+    start: usize,
+    /// Index just past its last byte.
+    end: usize,
+}
+
+/// Splits SQL text into [`Token`]s that cover it completely, in order. Stops after the
+/// first error.
+#[derive(Debug)]
+struct Lexer<'a> {
+    /// The SQL text.
+    sql: &'a str,
+    /// Where the next token starts.
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    /// A lexer for `sql`.
+    fn new(sql: &'a str) -> Self {
+        Self { sql, pos: 0 }
+    }
+
+    /// The kind and end of the token that starts at `start`, which is before the end.
+    fn token_at(&self, start: usize) -> Result<(TokenKind, usize), SqlTextError> {
+        let bytes = self.sql.as_bytes();
+        let at = |i: usize| bytes.get(i).copied();
+        match bytes[start] {
+            b'\'' => Ok((
+                TokenKind::Literal,
+                scan_quoted(bytes, start + 1, b'\'', false)?,
+            )),
+            b'"' => Ok((
+                TokenKind::QuotedIdentifier,
+                scan_quoted(bytes, start + 1, b'"', false)?,
+            )),
+            b'-' if at(start + 1) == Some(b'-') => {
+                let end = bytes[start..]
+                    .iter()
+                    .position(|&b| b == b'\n' || b == b'\r')
+                    .map_or(bytes.len(), |p| start + p);
+                Ok((TokenKind::Comment, end))
+            }
+            b'/' if at(start + 1) == Some(b'*') => {
+                Ok((TokenKind::Comment, self.block_comment_end(start + 2)?))
+            }
+            b'$' => Ok(self.after_dollar(start)?),
+            b if is_ident_start(b) => {
+                let end = bytes[start..]
+                    .iter()
+                    .position(|&b| !is_ident_cont(b))
+                    .map_or(bytes.len(), |p| start + p);
+                if end == start + 1 && matches!(b, b'E' | b'e') && at(end) == Some(b'\'') {
+                    Ok((
+                        TokenKind::Literal,
+                        scan_quoted(bytes, end + 1, b'\'', true)?,
+                    ))
+                } else {
+                    Ok((TokenKind::Code, end))
+                }
+            }
+            _ => Ok((TokenKind::Code, start + 1)),
+        }
+    }
+
+    /// The end of a block comment whose opening `/*` is just before `start`.
+    ///
+    /// Follows PostgreSQL's rules for the inside of a comment: every `/*` opens a nested
+    /// comment and every `*/` closes one.
+    fn block_comment_end(&self, start: usize) -> Result<usize, SqlTextError> {
+        let bytes = self.sql.as_bytes();
+        let mut depth = 1_usize;
+        let mut i = start;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                    depth += 1;
+                    i += 2;
+                }
+                b'*' => {
+                    while bytes.get(i) == Some(&b'*') {
+                        i += 1;
+                    }
+                    if bytes.get(i) == Some(&b'/') {
+                        i += 1;
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(i);
+                        }
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        Err(SqlTextError::UnterminatedQuote)
+    }
+
+    /// The token that starts with the `$` at `start` (not inside an identifier): a
+    /// placeholder, a dollar-quoted string, or a lone `$`.
+    fn after_dollar(&self, start: usize) -> Result<(TokenKind, usize), SqlTextError> {
+        let bytes = self.sql.as_bytes();
+        let digits = bytes[start + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 0 {
+            let end = start + 1 + digits;
+            let number = bytes[start + 1..end].iter().fold(0_usize, |n, &d| {
+                n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+            });
+            return Ok((TokenKind::Placeholder(number), end));
+        }
+        let tag_len = match bytes.get(start + 1) {
+            Some(&b) if is_ident_start(b) => bytes[start + 1..]
+                .iter()
+                .take_while(|&&b| is_tag_cont(b))
+                .count(),
+            _ => 0,
+        };
+        let delimiter_end = start + 1 + tag_len + 1;
+        if bytes.get(delimiter_end - 1) != Some(&b'$') {
+            // `$abc` without a closing `$`: PostgreSQL reads a lone `$`, then goes on.
+            return Ok((TokenKind::Code, start + 1));
+        }
+        let delimiter = &self.sql[start..delimiter_end];
+        match self.sql[delimiter_end..].find(delimiter) {
+            Some(p) => Ok((TokenKind::DollarQuoted, delimiter_end + p + delimiter.len())),
+            None => Err(SqlTextError::UnterminatedQuote),
+        }
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = Result<Token, SqlTextError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.pos;
+        if start >= self.sql.len() {
+            return None;
+        }
+        match self.token_at(start) {
+            Ok((kind, end)) => {
+                self.pos = end;
+                Some(Ok(Token { kind, start, end }))
+            }
+            Err(e) => {
+                self.pos = self.sql.len();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lits(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| (*v).to_owned()).collect()
+    }
+
+    fn sub(sql: &str, values: &[&str]) -> Result<String, SqlTextError> {
+        substitute_placeholders(sql, &lits(values))
+    }
+
+    fn kinds(sql: &str) -> Vec<(TokenKind, &str)> {
+        Lexer::new(sql)
+            .map(|t| {
+                let t = t.unwrap();
+                (t.kind, &sql[t.start..t.end])
+            })
+            .filter(|(k, _)| *k != TokenKind::Code)
+            .collect()
+    }
+
+    #[test]
+    fn basic_substitution() {
+        assert_eq!(
+            sub("SELECT $1, $2", &["'a'", "42"]).unwrap(),
+            "SELECT 'a', 42"
+        );
+        assert_eq!(sub("SELECT 1", &[]).unwrap(), "SELECT 1");
+        assert_eq!(sub("", &[]).unwrap(), "");
+        assert_eq!(sub("$1", &["x"]).unwrap(), "x");
+        assert_eq!(
+            sub("SELECT $2, $1, $2", &["1", "2"]).unwrap(),
+            "SELECT 2, 1, 2"
+        );
+        assert_eq!(
+            sub("SELECT 'é', $1 -- ü", &["'ö'"]).unwrap(),
+            "SELECT 'é', 'ö' -- ü"
+        );
+    }
+
+    #[test]
+    fn ten_is_not_one_followed_by_zero() {
+        let values: Vec<String> = (1..=10).map(|i| format!("v{i}")).collect();
+        assert_eq!(
+            substitute_placeholders("SELECT $1, $10", &values).unwrap(),
+            "SELECT v1, v10"
+        );
+        assert_eq!(
+            sub("SELECT $10", &["a", "b"]),
+            Err(SqlTextError::MissingParameter {
+                index: 10,
+                given: 2
+            })
+        );
+        assert_eq!(max_placeholder("SELECT $1, $10").unwrap(), 10);
+    }
+
+    #[test]
+    fn placeholders_in_strings_identifiers_and_comments_are_untouched() {
+        let v = &["X", "Y"];
+        for sql in [
+            "SELECT '$1'",
+            "SELECT 'it''s $1'",
+            "SELECT E'\\'$1'",
+            "SELECT e'a\\\\' || $2",
+            "SELECT \"$1\"",
+            "SELECT \"a\"\"$1\"",
+            "SELECT $$ $1 $$",
+            "SELECT $tag$ $1 $ $$ $tag $tag$",
+            "SELECT $a_1$ $1 $a_1$",
+            "SELECT 1 -- $1",
+            "SELECT 1 /* $1 */",
+            "SELECT 1 /* /* $1 */ $1 */",
+            "SELECT U&'$1', B'$1', X'$1', N'$1'",
+        ] {
+            let expected = sql.replace("$2", "Y");
+            assert_eq!(sub(sql, v).unwrap(), expected, "{sql}");
+        }
+        assert_eq!(
+            sub("SELECT '$1', $1 -- $1\n, $1 /* $1 */", &["'z'"]).unwrap(),
+            "SELECT '$1', 'z' -- $1\n, 'z' /* $1 */"
+        );
+        assert_eq!(
+            sub("SELECT $q$ $1 $q$ || $1", &["'z'"]).unwrap(),
+            "SELECT $q$ $1 $q$ || 'z'"
+        );
+        assert_eq!(
+            sub("SELECT E'\\'$1' || $1", &["'z'"]).unwrap(),
+            "SELECT E'\\'$1' || 'z'"
+        );
+        assert_eq!(
+            sub("SELECT /* a /* b */ $1 */ $1", &["'z'"]).unwrap(),
+            "SELECT /* a /* b */ $1 */ 'z'"
+        );
+        assert_eq!(sub("-- $1\r$1", &["7"]).unwrap(), "-- $1\r7");
+    }
+
+    #[test]
+    fn e_must_be_a_word_of_its_own() {
+        // `type'x\'` is the identifier `type` followed by a plain literal `'x\'`, whose
+        // backslash is ordinary, so the `$1` after it is code.
+        assert_eq!(
+            sub("SELECT type'x\\' = $1", &["'z'"]).unwrap(),
+            "SELECT type'x\\' = 'z'"
+        );
+        assert_eq!(
+            kinds("e'a\\'b' E'c' xe'd'"),
+            vec![
+                (TokenKind::Literal, "e'a\\'b'"),
+                (TokenKind::Literal, "E'c'"),
+                (TokenKind::Literal, "'d'"),
+            ]
+        );
+    }
+
+    #[test]
+    fn dollar_inside_identifiers_is_not_a_placeholder() {
+        assert_eq!(sub("SELECT a$1, $1", &["9"]).unwrap(), "SELECT a$1, 9");
+        assert_eq!(sub("SELECT a$b$ $1", &["9"]).unwrap(), "SELECT a$b$ 9");
+        assert_eq!(max_placeholder("SELECT x$1, _$2, é$3").unwrap(), 0);
+        // A lone `$` or an unclosed tag is just a `$`.
+        assert_eq!(
+            sub("SELECT $abc, $1, $", &["9"]).unwrap(),
+            "SELECT $abc, 9, $"
+        );
+    }
+
+    #[test]
+    fn casts_after_placeholders() {
+        assert_eq!(
+            sub("SELECT $1::int, $2::text[]", &["'5'", "'{a}'"]).unwrap(),
+            "SELECT '5'::int, '{a}'::text[]"
+        );
+        assert_eq!(sub("SELECT $1::int", &["5"]).unwrap(), "SELECT 5::int");
+    }
+
+    #[test]
+    fn literals_do_not_run_into_their_neighbours() {
+        assert_eq!(sub("SELECT 1-$1", &["-5"]).unwrap(), "SELECT 1- -5");
+        assert_eq!(sub("SELECT 4/$1", &["*"]).unwrap(), "SELECT 4/ *");
+        assert_eq!(sub("SELECT 'a'$1", &["'b'"]).unwrap(), "SELECT 'a' 'b'");
+        assert_eq!(sub("SELECT $1$2", &["1", "2"]).unwrap(), "SELECT 1 2");
+        assert_eq!(
+            sub("SELECT $1$2", &["'a'", "'b'"]).unwrap(),
+            "SELECT 'a' 'b'"
+        );
+        assert_eq!(sub("SELECT 1$1", &["2"]).unwrap(), "SELECT 1 2");
+        assert_eq!(sub("SELECT $1.5", &["1"]).unwrap(), "SELECT 1 .5");
+        assert_eq!(sub("SELECT 1-$1-1", &[""]).unwrap(), "SELECT 1- -1");
+        assert_eq!(sub("SELECT ($1)", &[""]).unwrap(), "SELECT ()");
+    }
+
+    #[test]
+    fn missing_parameters() {
+        assert_eq!(
+            sub("SELECT $1, $3", &["a", "b"]),
+            Err(SqlTextError::MissingParameter { index: 3, given: 2 })
+        );
+        assert_eq!(
+            sub("SELECT $1", &[]),
+            Err(SqlTextError::MissingParameter { index: 1, given: 0 })
+        );
+        assert_eq!(
+            sub("SELECT $0", &["a"]),
+            Err(SqlTextError::MissingParameter { index: 0, given: 1 })
+        );
+        assert_eq!(
+            sub("SELECT $99999999999999999999999999", &["a"]),
+            Err(SqlTextError::MissingParameter {
+                index: usize::MAX,
+                given: 1
+            })
+        );
+        assert_eq!(
+            SqlTextError::MissingParameter { index: 3, given: 2 }.to_string(),
+            "parameter $3 is used but only 2 values were given"
+        );
+        assert_eq!(
+            SqlTextError::MissingParameter { index: 2, given: 1 }.to_string(),
+            "parameter $2 is used but only 1 value was given"
+        );
+        assert_eq!(
+            SqlTextError::MissingParameter { index: 1, given: 0 }.to_string(),
+            "parameter $1 is used but no values were given"
+        );
+    }
+
+    #[test]
+    fn unterminated() {
+        for sql in [
+            "SELECT 'abc",
+            "SELECT 'it''",
+            "SELECT E'abc\\'",
+            "SELECT E'abc\\",
+            "SELECT \"abc",
+            "SELECT \"a\"\"",
+            "SELECT $$abc",
+            "SELECT $$abc$",
+            "SELECT $a$ abc $b$",
+            "SELECT $a$ abc $A$",
+            "SELECT /* abc",
+            "SELECT /* /* abc */",
+            "SELECT /* abc /*/ */",
+            "SELECT /*/",
+            "SELECT /* //* */",
+        ] {
+            assert_eq!(
+                sub(sql, &["x"]),
+                Err(SqlTextError::UnterminatedQuote),
+                "{sql}"
+            );
+            assert_eq!(
+                max_placeholder(sql),
+                Err(SqlTextError::UnterminatedQuote),
+                "{sql}"
+            );
+        }
+        // The error wins even when a placeholder comes first.
+        assert_eq!(
+            sub("SELECT $1, 'abc", &["x"]),
+            Err(SqlTextError::UnterminatedQuote)
+        );
+        // A line comment may end the text.
+        assert_eq!(
+            sub("SELECT $1 -- 'abc", &["x"]).unwrap(),
+            "SELECT x -- 'abc"
+        );
+        assert_eq!(sub("/* //* */ */ $1", &["x"]).unwrap(), "/* //* */ */ x");
+        assert_eq!(sub("/* /*/ */ */ $1", &["x"]).unwrap(), "/* /*/ */ */ x");
+        assert_eq!(sub("/* **/ $1", &["x"]).unwrap(), "/* **/ x");
+        assert_eq!(sub("/***/ $1", &["x"]).unwrap(), "/***/ x");
+    }
+
+    #[test]
+    fn max_placeholder_counts_code_only() {
+        assert_eq!(max_placeholder("").unwrap(), 0);
+        assert_eq!(max_placeholder("SELECT 1").unwrap(), 0);
+        assert_eq!(max_placeholder("SELECT $2, $1").unwrap(), 2);
+        assert_eq!(max_placeholder("SELECT $3::int, '$9', \"$9\"").unwrap(), 3);
+        assert_eq!(max_placeholder("SELECT $$ $9 $$, $1 -- $9").unwrap(), 1);
+        assert_eq!(max_placeholder("SELECT /* /* $9 */ */ $0").unwrap(), 0);
+        assert_eq!(max_placeholder("SELECT $007").unwrap(), 7);
+    }
+
+    #[test]
+    fn literals() {
+        assert_eq!(quote_literal("").unwrap(), "''");
+        assert_eq!(quote_literal("abc").unwrap(), "'abc'");
+        assert_eq!(quote_literal("it's").unwrap(), "'it''s'");
+        assert_eq!(quote_literal("''").unwrap(), "''''''");
+        assert_eq!(quote_literal("a\\b").unwrap(), "E'a\\\\b'");
+        assert_eq!(quote_literal("\\'").unwrap(), "E'\\\\'''");
+        assert_eq!(quote_literal("héllo ☃ 𝄞").unwrap(), "'héllo ☃ 𝄞'");
+        assert_eq!(quote_literal("$1 -- \"x\"").unwrap(), "'$1 -- \"x\"'");
+        assert_eq!(quote_literal("a\0b"), Err(SqlTextError::NulByte));
+        assert_eq!(quote_literal("\\\0"), Err(SqlTextError::NulByte));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(quote_identifier("a").unwrap(), "\"a\"");
+        assert_eq!(quote_identifier("MyTable").unwrap(), "\"MyTable\"");
+        assert_eq!(quote_identifier("a\"b").unwrap(), "\"a\"\"b\"");
+        assert_eq!(quote_identifier("\"").unwrap(), "\"\"\"\"");
+        assert_eq!(quote_identifier("a.b c").unwrap(), "\"a.b c\"");
+        assert_eq!(quote_identifier("ü").unwrap(), "\"ü\"");
+        assert_eq!(quote_identifier(""), Err(SqlTextError::EmptyName));
+        assert_eq!(quote_identifier("a\0"), Err(SqlTextError::NulByte));
+    }
+
+    #[test]
+    fn qualified_names() {
+        let q = quote_qualified_name;
+        assert_eq!(q("f").unwrap(), "\"f\"");
+        assert_eq!(q("public.f").unwrap(), "\"public\".\"f\"");
+        assert_eq!(q("\"a.b\".c").unwrap(), "\"a.b\".\"c\"");
+        assert_eq!(q("MyFunc").unwrap(), "\"MyFunc\"");
+        assert_eq!(q("s.\"x\"\"y\"").unwrap(), "\"s\".\"x\"\"y\"");
+        assert_eq!(q("\"Weird.Name\"").unwrap(), "\"Weird.Name\"");
+        assert_eq!(q("sch.\"Mixed Case\"").unwrap(), "\"sch\".\"Mixed Case\"");
+        assert_eq!(q("db.s.t").unwrap(), "\"db\".\"s\".\"t\"");
+        assert_eq!(q("\"a\".\"b\"").unwrap(), "\"a\".\"b\"");
+        for empty in ["", "a..b", ".a", "a.", ".", "\"\"", "a.\"\""] {
+            assert_eq!(q(empty), Err(SqlTextError::EmptyName), "{empty}");
+        }
+        for bad in [
+            "\"a", "s.\"a", "\"a\"\"", "\"a\"b", "a\"b\"", "a\"b", "\"a\" .b",
+        ] {
+            assert_eq!(q(bad), Err(SqlTextError::UnterminatedQuote), "{bad}");
+        }
+        assert_eq!(q("a\0.b"), Err(SqlTextError::NulByte));
+        assert_eq!(q("a.\"b\0\""), Err(SqlTextError::NulByte));
+    }
+
+    #[test]
+    fn error_messages() {
+        for e in [
+            SqlTextError::MissingParameter { index: 0, given: 0 },
+            SqlTextError::NulByte,
+            SqlTextError::EmptyName,
+            SqlTextError::UnterminatedQuote,
+        ] {
+            let message = e.to_string();
+            assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");
+            assert!(!message.ends_with('.'), "{message}");
+        }
+    }
+
+    /// A tiny xorshift generator, for reproducible random tests.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % n as u64).unwrap()
+        }
+    }
+
+    /// Decodes a literal produced by `quote_literal`: only `''` and (in `E'...'`) `\\`
+    /// escapes can occur.
+    fn decode_literal(literal: &str) -> String {
+        let (escaped, body) = match literal.strip_prefix('E') {
+            Some(rest) => (true, rest),
+            None => (false, literal),
+        };
+        let body = &body[1..body.len() - 1];
+        let mut out = String::new();
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => assert_eq!(chars.next(), Some('\''), "{literal}"),
+                '\\' if escaped => assert_eq!(chars.next(), Some('\\'), "{literal}"),
+                _ => {}
+            }
+            out.push(c);
+        }
+        out
+    }
+
+    #[test]
+    fn random_text_quotes_to_one_complete_literal() {
+        const PIECES: &[&str] = &[
+            "'", "''", "\\", "\\'", "\"", "$", "$$", "$1", "$a$", "--", "/*", "*/", "\n", "\r",
+            " ", "a", "E", "e'", "é", "☃", "𝄞", "\0", ";", "x",
+        ];
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut nul_errors = 0;
+        for _ in 0..5000 {
+            let len = rng.below(12);
+            let text: String = (0..len).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+            let literal = match quote_literal(&text) {
+                Ok(literal) => literal,
+                Err(e) => {
+                    assert_eq!(e, SqlTextError::NulByte);
+                    assert!(text.contains('\0'));
+                    nul_errors += 1;
+                    continue;
+                }
+            };
+            let tokens: Vec<Token> = Lexer::new(&literal).map(Result::unwrap).collect();
+            assert_eq!(
+                tokens,
+                vec![Token {
+                    kind: TokenKind::Literal,
+                    start: 0,
+                    end: literal.len()
+                }],
+                "{text:?} -> {literal:?}"
+            );
+            assert_eq!(decode_literal(&literal), text);
+            // And it stays one literal in context: the placeholder after it is found.
+            let sql = format!("SELECT {literal}, $1");
+            assert_eq!(max_placeholder(&sql).unwrap(), 1, "{sql}");
+            assert_eq!(
+                substitute_placeholders(&sql, &lits(&["7"])).unwrap(),
+                format!("SELECT {literal}, 7")
+            );
+        }
+        assert!(nul_errors > 0);
+    }
+}
+
+/// Whether `sql` may leave a transaction open: any of its statements starts with `BEGIN` or
+/// `START` (a rough look that may say yes too often, which only costs a `ROLLBACK` round
+/// trip before the connection's next use).
+pub(crate) fn may_open_transaction(sql: &str) -> bool {
+    sql.split(';').any(|statement| {
+        let word: String = statement
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("start")
+    })
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::may_open_transaction;
+
+    #[test]
+    fn spots_transaction_starts() {
+        assert!(may_open_transaction("BEGIN"));
+        assert!(may_open_transaction(
+            "select 1; begin isolation level serializable"
+        ));
+        assert!(may_open_transaction("  START TRANSACTION"));
+        assert!(!may_open_transaction("SELECT begin_date FROM t"));
+        assert!(!may_open_transaction("COMMIT"));
+    }
+}

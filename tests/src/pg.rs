@@ -1,0 +1,100 @@
+//! The PostgreSQL servers the tests run against.
+//!
+//! [`shared`] is one throwaway cluster per test binary (or the server `DATABASE_URL` names):
+//! tests on it must not disturb each other, so each uses its own tables and its own
+//! `application_name`. [`destructive`] is a second throwaway cluster, always started by the
+//! tests themselves (a server we did not start is never restarted or killed), handed to one
+//! test at a time.
+//!
+//! Without PostgreSQL server binaries and without `DATABASE_URL`, the tests fail with a
+//! message saying what to install or set: they never skip silently.
+
+use momopool_pg::PgConfig;
+use momopool_pg::throwaway::Cluster;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// A PostgreSQL server for tests.
+#[derive(Debug)]
+pub struct Server {
+    url: String,
+    cluster: Option<Cluster>,
+}
+
+/// The role with a password on throwaway clusters (scram-sha-256 over TCP).
+pub const PASSWORD_USER: &str = "momopool_pw";
+/// Its password.
+pub const PASSWORD: &str = "correct horse";
+
+impl Server {
+    fn start() -> Result<Server, String> {
+        let cluster = Cluster::builder()
+            .password_user(PASSWORD_USER, PASSWORD)
+            .start()
+            .map_err(|e| format!("cannot start a throwaway PostgreSQL cluster: {e}"))?;
+        Ok(Server {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// The server's URL (superuser, `postgres` database).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A configuration for this server, with `application_name` set to `app` so the test can
+    /// find its own backends in `pg_stat_activity`.
+    pub fn config(&self, app: &str) -> PgConfig {
+        PgConfig::from_dsn(&self.url)
+            .expect("the test server's URL parses")
+            .application_name(app)
+    }
+
+    /// The throwaway cluster, when the tests started this server.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+}
+
+/// The server shared by the non-destructive tests of this binary.
+///
+/// # Panics
+///
+/// When `DATABASE_URL` is unset and no cluster can be started, with the reason.
+pub fn shared() -> &'static Server {
+    static SHARED: OnceLock<Result<Server, String>> = OnceLock::new();
+    let server = SHARED.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Ok(Server { url, cluster: None }),
+        _ => Server::start(),
+    });
+    match server {
+        Ok(server) => server,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// A cluster of the tests' own, for tests that restart, stop, pause or kill the server. One
+/// test at a time holds it.
+///
+/// # Panics
+///
+/// When no cluster can be started (a server named by `DATABASE_URL` is never used here).
+pub fn destructive() -> MutexGuard<'static, Server> {
+    static DESTRUCTIVE: OnceLock<Result<Mutex<Server>, String>> = OnceLock::new();
+    match DESTRUCTIVE.get_or_init(|| Server::start().map(Mutex::new)) {
+        Ok(server) => {
+            let guard = server.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(cluster) = guard.cluster() {
+                // A previous test may have left it stopped or paused.
+                let _ = cluster.resume();
+                if !cluster.is_running() {
+                    cluster
+                        .start_again()
+                        .expect("restart the destructive cluster");
+                }
+            }
+            guard
+        }
+        Err(why) => panic!("{why}"),
+    }
+}

@@ -1,0 +1,546 @@
+//! Momoko's API on a real server.
+
+use crate::{EPSILON, pool_for, unique};
+use futures::TryStreamExt;
+use momopool_pg::{Connection, Error, Recycling};
+use momopool_tests::{Rt, pg};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Momoko's tutorial, step by step: a connection, a pool, parallel queries, callproc,
+/// transaction, mogrify, and a held connection with a server-side cursor.
+pub(crate) async fn tutorial_end_to_end(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "tutorial");
+
+    // A standalone connection.
+    let mut conn = Connection::connect_with(server.config(&app), rt.pg_runtime())
+        .await
+        .unwrap();
+    let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(conn);
+
+    // A pool: execute.
+    let pool = pool_for(&rt, server.config(&app), |b| b).await;
+    let rows = pool.execute("SELECT 1", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 1);
+
+    // callproc: a set-returning function of our own, called by name.
+    let function = unique(&rt, "Tutorial_Series");
+    pool.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION \"{function}\"(n int) RETURNS SETOF int \
+         LANGUAGE sql AS 'SELECT generate_series(1, n)'"
+    ))
+    .await
+    .unwrap();
+    let rows = pool.callproc(&function, &[&5i32]).await.unwrap();
+    let values: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(values, vec![1, 2, 3, 4, 5]);
+    let qualified = format!("public.{function}");
+    assert_eq!(pool.callproc(&qualified, &[&2i32]).await.unwrap().len(), 2);
+    let err = pool.callproc("", &[]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+
+    // transaction: a list of statements, atomically.
+    let table = unique(&rt, "tutorial_tx");
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES ($1)");
+    let count = format!("SELECT count(*)::int FROM {table}");
+    let results = pool
+        .transaction(&[
+            (insert.as_str(), &[&1i32]),
+            (insert.as_str(), &[&2i32]),
+            (count.as_str(), &[]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results[2][0].get::<_, i32>(0), 2);
+    // A failing statement rolls back the whole list.
+    let bad = pool
+        .transaction(&[(insert.as_str(), &[&3i32]), ("SELECT 1/0", &[])])
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code().map(|c| c.code()), Some("22012"));
+    let n: i32 = pool.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 2, "the failed transaction left nothing behind");
+
+    // mogrify.
+    let text = pool
+        .mogrify("SELECT $1::text, $2::int", &[&"it's", &7i32])
+        .await
+        .unwrap();
+    assert_eq!(text, "SELECT 'it''s'::text, '7'::integer::int");
+
+    // getconn + manage: a server-side cursor over 1000 integers, 10 at a time.
+    let mut conn = pool.get().await.unwrap();
+    let rows: Vec<_> = conn
+        .cursor("SELECT generate_series(1, 1000)", &[], 10)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(rows[999].get::<_, i32>(0), 1000);
+    drop(conn);
+    let conn = pool.get_pinged().await.unwrap();
+    drop(conn);
+
+    pool.batch_execute(&format!("DROP TABLE {table}; DROP FUNCTION \"{function}\""))
+        .await
+        .unwrap();
+    let status = pool.inner().status();
+    assert_eq!(status.size, status.idle + status.in_use + status.creating);
+}
+
+pub(crate) async fn three_queries_in_parallel_take_the_time_of_one(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "parallel")), |b| {
+        b.min_size(3).max_size(3)
+    })
+    .await;
+    pool.inner().warm_up().await.unwrap();
+    let started = Instant::now();
+    let (a, b, c) = futures::try_join!(
+        pool.execute("SELECT pg_sleep(0.3)", &[]),
+        pool.execute("SELECT pg_sleep(0.3)", &[]),
+        pool.execute("SELECT pg_sleep(0.3)", &[]),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(a.len() + b.len() + c.len(), 3);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(300) + EPSILON,
+        "[{}] three parallel 0.3 s queries took {took:?}",
+        rt.name()
+    );
+}
+
+/// On min 1 / max 5, four parallel `pg_sleep(1)` run on four backends at once and take about
+/// one second; once idle, the pool shrinks back to one connection.
+pub(crate) async fn stretching_seen_in_pg_stat_activity(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "stretch");
+    let pool = pool_for(&rt, server.config(&app), |b| {
+        b.min_size(1)
+            .max_size(5)
+            .idle_timeout(Duration::from_millis(400))
+            .maintenance_interval(Duration::from_millis(50))
+    })
+    .await;
+    let admin = pool_for(&rt, server.config(&format!("{app}_admin")), |b| {
+        b.max_size(1)
+    })
+    .await;
+    let backends = || async {
+        admin
+            .query_one(
+                "SELECT count(*)::int FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    assert_eq!(backends().await, 1);
+
+    let started = Instant::now();
+    let sleeps =
+        futures::future::try_join_all((0..4).map(|_| pool.execute("SELECT pg_sleep(1)", &[])));
+    let watch = async {
+        rt.sleep(Duration::from_millis(500)).await;
+        backends().await
+    };
+    let (results, during) = futures::join!(sleeps, watch);
+    results.unwrap();
+    let took = started.elapsed();
+    assert_eq!(during, 4, "[{}] four backends during the burst", rt.name());
+    assert!(
+        took < Duration::from_millis(1000) + EPSILON * 2,
+        "[{}] four parallel 1 s sleeps took {took:?}",
+        rt.name()
+    );
+
+    rt.wait_until(Duration::from_secs(5), "shrink back to one", || {
+        pool.inner().status().size == 1
+    })
+    .await;
+    let mut settled = 0;
+    for _ in 0..50 {
+        settled = backends().await;
+        if settled == 1 {
+            break;
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(settled, 1, "the server agrees: one backend left");
+}
+
+pub(crate) async fn mogrify_renders_literals(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "mogrify")), |b| b).await;
+    let none: Option<i32> = None;
+    let array = vec![1i32, 2, 3];
+    let json = serde_json::json!({"a": "it's"});
+    let bytes: Vec<u8> = vec![0, 1, 255];
+    let text = pool
+        .mogrify(
+            "SELECT $1::text, $2::text, $3::int, $4::int[], $5::jsonb, $6::bytea, \
+             '$1 stays', $7::timestamptz",
+            &[
+                &"back\\slash",
+                &"O'Reilly",
+                &none,
+                &array,
+                &json,
+                &bytes,
+                &"2024-01-02 03:04:05+00",
+            ],
+        )
+        .await;
+    // $7 is declared timestamptz but given as text: tokio-postgres refuses the mismatch.
+    assert!(text.is_err());
+
+    let text = pool
+        .mogrify(
+            "SELECT $1::text, $2::text, $3::int, $4::int[], $5::jsonb, $6::bytea, '$1 stays'",
+            &[&"back\\slash", &"O'Reilly", &none, &array, &json, &bytes],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        "SELECT E'back\\\\slash'::text, 'O''Reilly'::text, NULL::int, \
+         '{1,2,3}'::integer[]::int[], '{\"a\": \"it''s\"}'::jsonb::jsonb, \
+         E'\\\\x0001ff'::bytea::bytea, '$1 stays'"
+    );
+    // What mogrify shows is what the server would have run.
+    let rows = pool.execute(&text, &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "back\\slash");
+    assert_eq!(rows[0].get::<_, Vec<i32>>(3), array);
+    assert_eq!(rows[0].get::<_, Vec<u8>>(5), bytes);
+
+    // A NUL byte cannot be in PostgreSQL text.
+    let err = pool
+        .mogrify("SELECT $1::text", &[&"a\0b"])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    // Parameter count mismatch.
+    let err = pool.mogrify("SELECT $1, $2", &[&1i32]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+}
+
+pub(crate) async fn json_and_hstore_round_trip(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "types")), |b| b).await;
+    let value = serde_json::json!({"name": "momopool", "tags": ["pool", "pg"], "n": 3});
+    let row = pool
+        .query_one("SELECT $1::jsonb, $1::json", &[&value])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, serde_json::Value>(0), value);
+    assert_eq!(row.get::<_, serde_json::Value>(1), value);
+
+    pool.batch_execute("CREATE EXTENSION IF NOT EXISTS hstore")
+        .await
+        .or_else(|e| {
+            // Two runtimes may race to create it.
+            if e.code().map(|c| c.code()) == Some("23505") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .unwrap();
+    // A fresh connection, so the hstore type is known to the statement.
+    let mut map = HashMap::new();
+    map.insert("a".to_string(), Some("1".to_string()));
+    map.insert("b".to_string(), None);
+    let row = pool.query_one("SELECT $1::hstore", &[&map]).await.unwrap();
+    assert_eq!(row.get::<_, HashMap<String, Option<String>>>(0), map);
+}
+
+pub(crate) async fn listen_notify_stream(rt: Rt) {
+    use futures::StreamExt;
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "listen")), |b| b).await;
+    let channel = unique(&rt, "jobs");
+    let mut listener = pool.listen(&channel).await.unwrap();
+    for i in 0..3 {
+        pool.execute("SELECT pg_notify($1, $2)", &[&channel, &format!("job {i}")])
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let note = rt
+            .timeout(Duration::from_secs(5), listener.next())
+            .await
+            .expect("a notification within 5 s")
+            .expect("the stream is open");
+        assert_eq!(note.channel(), channel);
+        assert_eq!(note.payload(), format!("job {i}"));
+    }
+    assert_ne!(listener.backend_pid(), 0);
+}
+
+pub(crate) async fn session_statements_run_on_every_connection(rt: Rt) {
+    let server = pg::shared();
+    let config = server.config(&unique(&rt, "session")).session([
+        "SET TIME ZONE 'Asia/Tokyo'",
+        "SET search_path TO pg_catalog, public",
+    ]);
+    let pool = pool_for(&rt, config, |b| b.min_size(2).max_size(2)).await;
+    pool.inner().warm_up().await.unwrap();
+    let mut a = pool.get().await.unwrap();
+    let mut b = pool.get().await.unwrap();
+    for conn in [&mut a, &mut b] {
+        let tz: String = conn.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+        assert_eq!(tz, "Asia/Tokyo");
+        let path: String = conn
+            .query_one("SHOW search_path", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(path, "pg_catalog, public");
+    }
+}
+
+/// C8: a connection returned inside a transaction is rolled back before its next user.
+pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "c8");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    conn.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    drop(conn); // returned mid-transaction
+
+    // Same (only) connection: without a rollback it would see its own uncommitted row.
+    let n: i64 = pool
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // And a failed transaction is not handed out as such either.
+    let mut conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    assert!(conn.batch_execute("SELECT 1/0").await.is_err());
+    drop(conn);
+    let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn clean_recycling_resets_session_state(rt: Rt) {
+    let server = pg::shared();
+    let config = server
+        .config(&unique(&rt, "clean"))
+        .recycling(Recycling::Clean)
+        .session(["SET application_name TO 'clean_session'"]);
+    let pool = pool_for(&rt, config, |b| {
+        b.max_size(1).validation(momopool::Validation::Always)
+    })
+    .await;
+    let mut conn = pool.get().await.unwrap();
+    conn.batch_execute("SET search_path TO nowhere; CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    let pid = conn.backend_pid();
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
+    let path: String = conn
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "\"$user\", public");
+    let temp: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'scratch'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(temp, 0, "temporary tables are gone");
+    let app: String = conn
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        app, "clean_session",
+        "session statements re-applied after the reset"
+    );
+}
+
+pub(crate) async fn transaction_closure_commits_and_rolls_back(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "txclosure");
+    let pool = pool_for(&rt, server.config(&table), |b| b).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let value: i64 = pool
+        .transaction_with(|tx| {
+            let insert = insert.clone();
+            let table = table.clone();
+            Box::pin(async move {
+                tx.execute(&insert, &[]).await?;
+                Ok(tx
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await?
+                    .get(0))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, 1);
+    let err = pool
+        .transaction_with(|tx| {
+            let insert = insert.clone();
+            Box::pin(async move {
+                tx.execute(&insert, &[]).await?;
+                Err::<(), _>(Error::InvalidInput("changed my mind".into()))
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+    let n: i64 = pool
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the failed closure was rolled back");
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn sql_errors_carry_their_sqlstate(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "sqlstate")), |b| {
+        b.max_size(1)
+    })
+    .await;
+    let err = pool
+        .execute("SELECT * FROM no_such_table_anywhere", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"));
+    assert!(err.to_string().contains("42P01"), "{err}");
+    assert!(!err.is_outcome_unknown() && !err.is_connection_lost());
+    // The connection survived the SQL error.
+    let stats = pool.inner().statistics();
+    assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
+    let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// F1: another session changes the table under a cached statement.
+pub(crate) async fn f1_schema_change_invalidates_cached_plan(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "f1");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(1)).await;
+    let other = pool_for(&rt, server.config(&format!("{table}_other")), |b| {
+        b.max_size(1)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (1)"
+    ))
+    .await
+    .unwrap();
+    let select = format!("SELECT * FROM {table}");
+    assert_eq!(pool.execute(&select, &[]).await.unwrap()[0].len(), 1);
+    other
+        .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN b int"))
+        .await
+        .unwrap();
+    // Outside a transaction: re-prepared once, transparently.
+    let rows = pool.execute(&select, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2);
+
+    other
+        .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN c int"))
+        .await
+        .unwrap();
+    let select2 = select.clone();
+    let err = pool
+        .transaction_with(|tx| {
+            let select = select2.clone();
+            Box::pin(async move { tx.query(&select, &[]).await.map(|_| ()) })
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PlanInvalidated(_)), "{err:?}");
+    assert_eq!(pool.execute(&select, &[]).await.unwrap()[0].len(), 3);
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn statement_deadline_cancels_on_the_server(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "deadline");
+    let pool = pool_for(&rt, server.config(&app), |b| b.max_size(2)).await;
+    let started = Instant::now();
+    let err = pool
+        .with(momopool_pg::CallOptions::new().timeout(Duration::from_millis(300)))
+        .execute("SELECT pg_sleep(10)", &[])
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::StatementTimeout { .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(300) + EPSILON,
+        "[{}] took {took:?}",
+        rt.name()
+    );
+    // The server stops running it.
+    let admin = pool_for(&rt, server.config(&format!("{app}_admin")), |b| {
+        b.max_size(1)
+    })
+    .await;
+    let mut still_running = 1;
+    for _ in 0..100 {
+        still_running = admin
+            .query_one(
+                "SELECT count(*)::int FROM pg_stat_activity \
+                 WHERE application_name = $1 AND query LIKE 'SELECT pg_sleep(10)%' \
+                 AND state = 'active'",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, i32>(0);
+        if still_running == 0 {
+            break;
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(still_running, 0, "the cancel request stopped the query");
+    let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the pool is fine afterwards");
+}

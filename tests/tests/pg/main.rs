@@ -1,0 +1,61 @@
+//! momopool-pg against a real PostgreSQL, on every runtime.
+//!
+//! The smol module runs with no Tokio runtime anywhere in the process's test thread, which is
+//! what proves the PostgreSQL side needs none.
+
+mod api;
+mod faults;
+
+use api::*;
+use faults::*;
+
+use momopool_pg::{PgConfig, PgPool};
+use momopool_tests::Rt;
+use std::time::Duration;
+
+/// Slack allowed past a deadline on a loaded 2-core machine.
+pub(crate) const EPSILON: Duration = Duration::from_millis(250);
+
+/// A pool for one test on the runtime under test, quiet by default.
+pub(crate) async fn pool_for(
+    rt: &Rt,
+    config: PgConfig,
+    tune: impl FnOnce(
+        momopool::PoolBuilder<momopool_pg::PgManager>,
+    ) -> momopool::PoolBuilder<momopool_pg::PgManager>
+    + Send
+    + 'static,
+) -> PgPool {
+    PgPool::builder(config)
+        .shared_runtime(rt.pg_runtime())
+        .min_size(1)
+        .max_size(4)
+        .configure(|b| tune(b.wait_timeout(Duration::from_secs(10))))
+        .build_eager()
+        .await
+        .unwrap_or_else(|e| panic!("[{}] cannot build the test pool: {e}", rt.name()))
+}
+
+/// A name unique to this test and runtime, usable as an identifier.
+pub(crate) fn unique(rt: &Rt, test: &str) -> String {
+    format!("{test}_{}", rt.name().replace('-', "_"))
+}
+
+momopool_tests::matrix!(
+    tutorial_end_to_end,
+    three_queries_in_parallel_take_the_time_of_one,
+    stretching_seen_in_pg_stat_activity,
+    mogrify_renders_literals,
+    json_and_hstore_round_trip,
+    listen_notify_stream,
+    session_statements_run_on_every_connection,
+    c8_returned_inside_transaction_is_rolled_back,
+    clean_recycling_resets_session_state,
+    transaction_closure_commits_and_rolls_back,
+    sql_errors_carry_their_sqlstate,
+    f1_schema_change_invalidates_cached_plan,
+    statement_deadline_cancels_on_the_server,
+    b1_terminated_backends_are_replaced_without_errors,
+    bad_inputs_give_typed_errors_fast,
+    b2_fast_restart_under_query_loop,
+);
