@@ -113,12 +113,12 @@ impl StatementCache {
 pub struct Connection {
     client: Client,
     driver: Arc<Driver>,
-    cache: StatementCache,
+    cache: Mutex<StatementCache>,
     backend_pid: i32,
     /// Session state unknown (open transaction, raw client use): roll back before reuse.
-    pub(crate) dirty: bool,
+    dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
-    broken: bool,
+    broken: AtomicBool,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -282,13 +282,13 @@ impl Connection {
         let mut conn = Connection {
             client,
             driver,
-            cache: StatementCache {
+            cache: Mutex::new(StatementCache {
                 capacity: config.statement_cache,
                 ..StatementCache::default()
-            },
+            }),
             backend_pid: 0,
-            dirty: false,
-            broken: false,
+            dirty: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -342,7 +342,21 @@ impl Connection {
     /// # }
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.broken || self.client.is_closed() || self.driver.closed.load(Ordering::SeqCst)
+        self.broken.load(Ordering::Relaxed)
+            || self.client.is_closed()
+            || self.driver.closed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    fn set_dirty(&self, dirty: bool) {
+        self.dirty.store(dirty, Ordering::Relaxed);
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, StatementCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the server has sent something (or closed) while no request was outstanding:
@@ -368,32 +382,32 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn client(&mut self) -> &Client {
-        self.dirty = true;
+        self.set_dirty(true);
         &self.client
     }
 
     /// Records what a failed statement says about the connection.
-    fn note(&mut self, err: &tokio_postgres::Error) {
+    pub(crate) fn note(&self, err: &tokio_postgres::Error) {
         if pg_connection_lost(err) {
-            self.broken = true;
+            self.broken.store(true, Ordering::Relaxed);
             if !err.is_closed() || self.server_gone() {
                 self.driver.server_gone.store(true, Ordering::SeqCst);
             }
         }
     }
 
-    async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, Failure> {
+    pub(crate) async fn prepare_cached(&self, sql: &str) -> Result<Statement, Failure> {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
-        if let Some(stmt) = self.cache.get(sql) {
+        if let Some(stmt) = self.cache().get(sql) {
             return Ok(stmt);
         }
         // Preparing has no side effects: a failure here leaves nothing half-done, so the
         // statement itself counts as not sent.
         match self.client.prepare(sql).await {
             Ok(stmt) => {
-                self.cache.insert(sql, stmt.clone());
+                self.cache().insert(sql, stmt.clone());
                 Ok(stmt)
             }
             Err(err) => {
@@ -406,17 +420,19 @@ impl Connection {
     /// Runs one statement with a cached prepared statement; re-prepares once if a schema
     /// change invalidated the cached plan (outside a transaction).
     pub(crate) async fn try_query(
-        &mut self,
+        &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         in_transaction: bool,
     ) -> Result<Vec<Row>, Failure> {
-        self.dirty |= !in_transaction && sql::may_open_transaction(sql);
+        if !in_transaction && sql::may_open_transaction(sql) {
+            self.set_dirty(true);
+        }
         let stmt = self.prepare_cached(sql).await?;
         match self.client.query(&stmt, params).await {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
-                self.cache.remove(sql);
+                self.cache().remove(sql);
                 if in_transaction {
                     return Err(Failure::sent(Error::PlanInvalidated(err)));
                 }
@@ -434,17 +450,19 @@ impl Connection {
     }
 
     pub(crate) async fn try_execute(
-        &mut self,
+        &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         in_transaction: bool,
     ) -> Result<u64, Failure> {
-        self.dirty |= !in_transaction && sql::may_open_transaction(sql);
+        if !in_transaction && sql::may_open_transaction(sql) {
+            self.set_dirty(true);
+        }
         let stmt = self.prepare_cached(sql).await?;
         match self.client.execute(&stmt, params).await {
             Ok(n) => Ok(n),
             Err(err) if is_plan_invalidated(&err) && !in_transaction => {
-                self.cache.remove(sql);
+                self.cache().remove(sql);
                 let stmt = self.prepare_cached(sql).await?;
                 self.client.execute(&stmt, params).await.map_err(|err| {
                     self.note(&err);
@@ -452,7 +470,7 @@ impl Connection {
                 })
             }
             Err(err) if is_plan_invalidated(&err) => {
-                self.cache.remove(sql);
+                self.cache().remove(sql);
                 Err(Failure::sent(Error::PlanInvalidated(err)))
             }
             Err(err) => {
@@ -462,8 +480,10 @@ impl Connection {
         }
     }
 
-    pub(crate) async fn try_batch(&mut self, sql: &str) -> Result<(), Failure> {
-        self.dirty |= sql::may_open_transaction(sql);
+    pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
+        if sql::may_open_transaction(sql) {
+            self.set_dirty(true);
+        }
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
@@ -671,7 +691,7 @@ impl Connection {
     }
 
     pub(crate) async fn try_mogrify(
-        &mut self,
+        &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<String, Failure> {
@@ -740,7 +760,8 @@ impl Connection {
             broken,
             ..
         } = self;
-        *dirty = true;
+        let (dirty, broken) = (&*dirty, &*broken);
+        dirty.store(true, Ordering::Relaxed);
         enum State<'t> {
             Start(&'t mut Client),
             Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
@@ -750,9 +771,9 @@ impl Connection {
         let pages = futures::stream::unfold(
             (State::Start(client), dirty, broken),
             move |(state, dirty, broken)| async move {
-                let fail = |err: tokio_postgres::Error, broken: &mut bool| {
+                let fail = |err: tokio_postgres::Error, broken: &AtomicBool| {
                     if pg_connection_lost(&err) {
-                        *broken = true;
+                        broken.store(true, Ordering::Relaxed);
                     }
                     Error::Postgres(err)
                 };
@@ -781,7 +802,7 @@ impl Connection {
                         drop(portal);
                         match tx.commit().await {
                             Ok(()) => {
-                                *dirty = false;
+                                dirty.store(false, Ordering::Relaxed);
                                 None
                             }
                             Err(err) => {
@@ -850,7 +871,7 @@ impl Connection {
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
-        self.dirty = true;
+        self.set_dirty(true);
         self.try_batch("BEGIN").await.map_err(|mut failure| {
             // Nothing of the caller's ran yet.
             failure.sent = false;
@@ -864,18 +885,18 @@ impl Connection {
         match outcome {
             Ok(Ok(value)) => {
                 self.try_batch("COMMIT").await?;
-                self.dirty = false;
+                self.set_dirty(false);
                 Ok(value)
             }
             Ok(Err(error)) => {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
-                    self.dirty = false;
+                    self.set_dirty(false);
                 }
                 Err(Failure::sent(error))
             }
             Err(panic) => {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
-                    self.dirty = false;
+                    self.set_dirty(false);
                 }
                 std::panic::resume_unwind(panic)
             }
@@ -884,10 +905,10 @@ impl Connection {
 
     /// Runs statements in one transaction and returns the rows of each.
     pub(crate) async fn try_statements(
-        &mut self,
+        &self,
         statements: &[(&str, &[&(dyn ToSql + Sync)])],
     ) -> Result<Vec<Vec<Row>>, Failure> {
-        self.dirty = true;
+        self.set_dirty(true);
         self.try_batch("BEGIN").await.map_err(|mut failure| {
             failure.sent = false;
             failure
@@ -901,14 +922,14 @@ impl Connection {
                     // back by the server, so replaying the whole list from BEGIN is safe.
                     failure.sent = false;
                     if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
-                        self.dirty = false;
+                        self.set_dirty(false);
                     }
                     return Err(failure);
                 }
             }
         }
         self.try_batch("COMMIT").await?;
-        self.dirty = false;
+        self.set_dirty(false);
         Ok(results)
     }
 
@@ -918,7 +939,7 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
-        if self.dirty {
+        if self.is_dirty() {
             self.client.batch_execute("ROLLBACK").await?;
         }
         let recycling = self.config.recycling.clone();
@@ -938,7 +959,7 @@ impl Connection {
             }
             Recycling::Custom(sql) => self.client.batch_execute(&sql).await?,
         }
-        self.dirty = false;
+        self.set_dirty(false);
         Ok(())
     }
 
@@ -960,8 +981,8 @@ impl Connection {
         }));
     }
 
-    pub(crate) fn mark_broken(&mut self) {
-        self.broken = true;
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 
     /// Runs a statement method, turning its failure into the error callers see.

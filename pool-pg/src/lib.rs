@@ -8,6 +8,7 @@ mod error;
 mod manager;
 mod pool;
 mod runtime;
+mod shared;
 mod sql;
 pub mod throwaway;
 
@@ -17,6 +18,7 @@ pub use error::Error;
 pub use manager::PgManager;
 pub use pool::{CallOptions, Calls, Listener, Params, PgPool, PgPoolBuilder};
 pub use runtime::{PgRuntime, Socket, default_runtime};
+pub use shared::SharedMode;
 
 /// The tokio-postgres crate this one is built on, re-exported so that rows, types and
 /// parameters come from the same version: statements take `&(dyn ToSql + Sync)` parameters

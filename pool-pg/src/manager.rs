@@ -111,7 +111,7 @@ impl Manager for PgManager {
         // Between statements nothing is outstanding, so input waiting on the socket is either
         // the tail of a failed statement (its ReadyForQuery) or the server's goodbye (the
         // FATAL of a shutdown): a check tells which, for one round trip.
-        conn.dirty || conn.input_pending()
+        conn.is_dirty() || conn.input_pending()
     }
 
     fn is_server_gone(&self, conn: &mut Connection) -> bool {

@@ -7,6 +7,7 @@ use crate::connection::{Connection, Failure, Transaction};
 use crate::error::Error;
 use crate::manager::PgManager;
 use crate::runtime::PgRuntime;
+use crate::shared::{Lanes, SharedMode};
 use futures::Stream;
 use momopool::{Manager, Pool, PoolBuilder, PoolConfig, Pooled, Runtime};
 use std::pin::Pin;
@@ -34,6 +35,7 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 pub struct CallOptions {
     timeout: Option<Duration>,
     idempotent: bool,
+    exclusive: bool,
 }
 
 impl CallOptions {
@@ -52,6 +54,13 @@ impl CallOptions {
     /// unknown outcome it is replayed once on a fresh connection, within the deadline.
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
+        self
+    }
+
+    /// Run on a connection of its own even when the pool is in shared mode: never pipelined
+    /// behind another caller's statement.
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
         self
     }
 }
@@ -102,6 +111,7 @@ impl CallOptions {
 #[derive(Clone)]
 pub struct PgPool {
     pool: Pool<PgManager>,
+    lanes: Option<Arc<Lanes>>,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -135,6 +145,7 @@ impl std::fmt::Debug for PgPool {
 pub struct PgPoolBuilder {
     config: PgConfig,
     pool: PoolConfig,
+    shared: Option<SharedMode>,
     runtime: Option<Arc<dyn PgRuntime>>,
     #[allow(clippy::type_complexity)]
     configure: Vec<Box<dyn FnOnce(PoolBuilder<PgManager>) -> PoolBuilder<PgManager> + Send>>,
@@ -180,6 +191,15 @@ impl PgPoolBuilder {
         self
     }
 
+    /// Shared mode: single-statement calls (`execute` and its variants, `callproc`) pipeline
+    /// on a few connections instead of taking one each; see [`SharedMode`] for how and for
+    /// the trade-off. Statements that could change session state, transactions, cursors and
+    /// [`get`](PgPool::get) always use a connection of their own.
+    pub fn shared(mut self, mode: SharedMode) -> Self {
+        self.shared = Some(mode);
+        self
+    }
+
     /// Adjusts the underlying [`momopool::PoolBuilder`]: any setting, and hooks.
     pub fn configure(
         mut self,
@@ -189,7 +209,15 @@ impl PgPoolBuilder {
         self
     }
 
-    fn into_builder(self) -> Result<PoolBuilder<PgManager>, Error> {
+    fn into_builder(self) -> Result<(PoolBuilder<PgManager>, Option<Arc<Lanes>>), Error> {
+        if let Some(mode) = self.shared {
+            if mode.connections == 0 || mode.max_in_flight == 0 {
+                return Err(Error::Config(
+                    "shared mode needs at least one connection and one request in flight".into(),
+                ));
+            }
+        }
+        let lanes = self.shared.map(|mode| Arc::new(Lanes::new(mode)));
         let runtime = match self.runtime {
             Some(runtime) => runtime,
             None => crate::default_runtime()?,
@@ -201,7 +229,7 @@ impl PgPoolBuilder {
         for f in self.configure {
             builder = f(builder);
         }
-        Ok(builder)
+        Ok((builder, lanes))
     }
 
     /// Builds the pool without connecting; `min_size` connections open in the background.
@@ -210,11 +238,9 @@ impl PgPoolBuilder {
     ///
     /// [`Error::Config`] for an invalid setting or no runtime.
     pub fn build(self) -> Result<PgPool, Error> {
-        let pool = self
-            .into_builder()?
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(PgPool { pool })
+        let (builder, lanes) = self.into_builder()?;
+        let pool = builder.build().map_err(|e| Error::Config(e.to_string()))?;
+        Ok(PgPool { pool, lanes })
     }
 
     /// Builds the pool and waits until `min_size` connections (at least one) are open:
@@ -229,15 +255,12 @@ impl PgPoolBuilder {
     ///
     /// Cancelling drops the half-built pool, which closes it.
     pub async fn build_eager(self) -> Result<PgPool, Error> {
-        let pool = self
-            .into_builder()?
-            .build_eager()
-            .await
-            .map_err(|e| match e {
-                momopool::PoolError::Config(e) => Error::Config(e.to_string()),
-                other => Error::Pool(other),
-            })?;
-        Ok(PgPool { pool })
+        let (builder, lanes) = self.into_builder()?;
+        let pool = builder.build_eager().await.map_err(|e| match e {
+            momopool::PoolError::Config(e) => Error::Config(e.to_string()),
+            other => Error::Pool(other),
+        })?;
+        Ok(PgPool { pool, lanes })
     }
 }
 
@@ -257,6 +280,7 @@ impl PgPool {
         PgPoolBuilder {
             config,
             pool: PoolConfig::default(),
+            shared: None,
             runtime: None,
             configure: Vec::new(),
         }
@@ -571,6 +595,9 @@ impl PgPool {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self) -> Result<Pooled<PgManager>, Error> {
+        if let Some(lanes) = &self.lanes {
+            lanes.release_idle(&self.pool);
+        }
         Ok(self.pool.get().await?)
     }
 
@@ -651,7 +678,7 @@ pub struct Calls<'a> {
 }
 
 /// One unit of work, so that a single loop applies the retry rules to all of them.
-enum Work<'a> {
+pub(crate) enum Work<'a> {
     Rows(&'a str, Params<'a>),
     Count(&'a str, Params<'a>),
     Batch(&'a str),
@@ -659,7 +686,7 @@ enum Work<'a> {
     Statements(&'a [(&'a str, Params<'a>)]),
 }
 
-enum Done {
+pub(crate) enum Done {
     Rows(Vec<Row>),
     Count(u64),
     Unit,
@@ -667,8 +694,18 @@ enum Done {
     Many(Vec<Vec<Row>>),
 }
 
+impl Work<'_> {
+    /// Whether this work may be pipelined with other callers' statements.
+    fn shareable(&self) -> bool {
+        match self {
+            Work::Rows(sql, _) | Work::Count(sql, _) => !crate::sql::may_change_session(sql),
+            _ => false,
+        }
+    }
+}
+
 impl Connection {
-    async fn perform(&mut self, work: &Work<'_>) -> Result<Done, Failure> {
+    pub(crate) async fn perform(&self, work: &Work<'_>) -> Result<Done, Failure> {
         match *work {
             Work::Rows(sql, params) => self.try_query(sql, params, false).await.map(Done::Rows),
             Work::Count(sql, params) => self.try_execute(sql, params, false).await.map(Done::Count),
@@ -686,43 +723,43 @@ impl Calls<'_> {
             .or(self.pool.pool.manager().config().statement_timeout)
     }
 
-    /// Applies the retry rules of the module docs around `work`.
+    /// Applies the retry rules (see [`PgPool`]) around `work`, in shared mode when the pool
+    /// has lanes and the work allows it, else on a connection of its own.
     async fn run(&self, work: Work<'_>) -> Result<Done, Error> {
         let deadline = self.deadline();
         let started = Instant::now();
+        let shared = match &self.pool.lanes {
+            Some(lanes) if !self.options.exclusive && work.shareable() => Some(lanes),
+            _ => None,
+        };
         let mut unsent_retries = 0;
         let mut replayed = false;
         loop {
-            let mut conn = self.get_within(deadline, started).await?;
-            let outcome = match deadline {
-                None => conn.perform(&work).await,
-                Some(limit) => {
-                    let remaining = limit.saturating_sub(started.elapsed());
-                    let sleep = self.pool.pool.runtime().sleep(remaining);
-                    let finished = {
-                        let perform = Box::pin(conn.perform(&work));
-                        match futures::future::select(perform, sleep).await {
-                            futures::future::Either::Left((outcome, _)) => Some(outcome),
-                            futures::future::Either::Right(_) => None,
-                        }
-                    };
-                    match finished {
-                        Some(outcome) => outcome,
-                        None => {
-                            conn.cancel_in_background();
-                            conn.mark_broken();
-                            return Err(Error::StatementTimeout { after: limit });
-                        }
-                    }
+            let shared_outcome = match shared {
+                Some(lanes) => {
+                    lanes
+                        .perform(&self.pool.pool, &work, deadline.map(|d| (d, started)))
+                        .await
                 }
+                None => None,
+            };
+            let outcome = match shared_outcome {
+                Some(outcome) => outcome,
+                None => self.run_exclusive(&work, deadline, started).await?,
             };
             match outcome {
                 Ok(done) => return Ok(done),
                 Err(Failure { error, sent }) => {
+                    if let Error::StatementTimeout { .. } = error {
+                        return Err(if sent {
+                            Error::OutcomeUnknown(Box::new(error))
+                        } else {
+                            error
+                        });
+                    }
                     if !error.is_connection_lost() {
                         return Err(error);
                     }
-                    drop(conn);
                     if !sent && unsent_retries < 3 {
                         unsent_retries += 1;
                         tracing::debug!(error = %error, "connection was dead before sending; retrying");
@@ -743,11 +780,45 @@ impl Calls<'_> {
         }
     }
 
+    /// One attempt on a connection of its own. The outer error ends the call at once (the
+    /// pool could not provide a connection, or the deadline passed).
+    async fn run_exclusive(
+        &self,
+        work: &Work<'_>,
+        deadline: Option<Duration>,
+        started: Instant,
+    ) -> Result<Result<Done, Failure>, Error> {
+        let conn = self.get_within(deadline, started).await?;
+        let Some(limit) = deadline else {
+            return Ok(conn.perform(work).await);
+        };
+        let remaining = limit.saturating_sub(started.elapsed());
+        let sleep = self.pool.pool.runtime().sleep(remaining);
+        let finished = {
+            let perform = Box::pin(conn.perform(work));
+            match futures::future::select(perform, sleep).await {
+                futures::future::Either::Left((outcome, _)) => Some(outcome),
+                futures::future::Either::Right(_) => None,
+            }
+        };
+        match finished {
+            Some(outcome) => Ok(outcome),
+            None => {
+                conn.cancel_in_background();
+                conn.mark_broken();
+                Err(Error::StatementTimeout { after: limit })
+            }
+        }
+    }
+
     async fn get_within(
         &self,
         deadline: Option<Duration>,
         started: Instant,
     ) -> Result<Pooled<PgManager>, Error> {
+        if let Some(lanes) = &self.pool.lanes {
+            lanes.release_idle(&self.pool.pool);
+        }
         let conn = match deadline {
             None => self.pool.pool.get().await?,
             Some(limit) => {

@@ -932,6 +932,52 @@ pub(crate) fn may_open_transaction(sql: &str) -> bool {
     })
 }
 
+/// Whether `sql` may change the session's state (transaction control, settings, cursors,
+/// listening, prepared statements, temporary objects, locks, `DO` blocks), which would leak to
+/// other callers sharing the connection. A rough look by first keyword that errs on the side
+/// of yes; `set_config()` inside a query is not spotted.
+pub(crate) fn may_change_session(sql: &str) -> bool {
+    const SESSION_WORDS: [&str; 20] = [
+        "begin",
+        "start",
+        "commit",
+        "rollback",
+        "end",
+        "abort",
+        "savepoint",
+        "release",
+        "set",
+        "reset",
+        "listen",
+        "unlisten",
+        "declare",
+        "prepare",
+        "deallocate",
+        "discard",
+        "lock",
+        "fetch",
+        "move",
+        "do",
+    ];
+    sql.split(';').any(|statement| {
+        let mut words = statement
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| !w.is_empty());
+        match words.next() {
+            Some(first) if SESSION_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w)) => true,
+            Some(first)
+                if first.eq_ignore_ascii_case("close") || first.eq_ignore_ascii_case("copy") =>
+            {
+                true
+            }
+            Some(first) if first.eq_ignore_ascii_case("create") => words.next().is_some_and(|w| {
+                w.eq_ignore_ascii_case("temp") || w.eq_ignore_ascii_case("temporary")
+            }),
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod transaction_tests {
     use super::may_open_transaction;
@@ -945,5 +991,17 @@ mod transaction_tests {
         assert!(may_open_transaction("  START TRANSACTION"));
         assert!(!may_open_transaction("SELECT begin_date FROM t"));
         assert!(!may_open_transaction("COMMIT"));
+    }
+
+    #[test]
+    fn spots_session_changes() {
+        use super::may_change_session;
+        assert!(may_change_session("SET search_path TO x"));
+        assert!(may_change_session("select 1; begin"));
+        assert!(may_change_session("CREATE TEMP TABLE t (x int)"));
+        assert!(may_change_session("DO $$ BEGIN PERFORM 1; END $$"));
+        assert!(!may_change_session("SELECT settings FROM t"));
+        assert!(!may_change_session("CREATE TABLE t (x int)"));
+        assert!(!may_change_session("INSERT INTO t VALUES (1)"));
     }
 }

@@ -5,9 +5,11 @@
 
 mod api;
 mod faults;
+mod shared;
 
 use api::*;
 use faults::*;
+use shared::*;
 
 use momopool_pg::{PgConfig, PgPool};
 use momopool_tests::Rt;
@@ -58,4 +60,8 @@ momopool_tests::matrix!(
     b1_terminated_backends_are_replaced_without_errors,
     bad_inputs_give_typed_errors_fast,
     b2_fast_restart_under_query_loop,
+    shared_mode_pipelines_on_few_connections,
+    shared_mode_slow_statement_does_not_stall_new_callers,
+    shared_mode_deadlines,
+    shared_mode_keeps_session_changes_exclusive,
 );
