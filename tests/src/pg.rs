@@ -98,3 +98,28 @@ pub fn destructive() -> MutexGuard<'static, Server> {
         Err(why) => panic!("{why}"),
     }
 }
+
+/// A cluster of the tests' own that answers as a read-only server (every session starts with
+/// `default_transaction_read_only = on`), for `target_session_attrs` tests. Shared, never
+/// modified.
+///
+/// # Panics
+///
+/// When no cluster can be started.
+pub fn read_only() -> &'static Server {
+    static READ_ONLY: OnceLock<Result<Server, String>> = OnceLock::new();
+    let server = READ_ONLY.get_or_init(|| {
+        let cluster = Cluster::builder()
+            .setting("default_transaction_read_only", "on")
+            .start()
+            .map_err(|e| format!("cannot start a read-only throwaway cluster: {e}"))?;
+        Ok(Server {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        })
+    });
+    match server {
+        Ok(server) => server,
+        Err(why) => panic!("{why}"),
+    }
+}

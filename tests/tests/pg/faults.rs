@@ -235,3 +235,72 @@ pub(crate) async fn b2_fast_restart_under_query_loop(rt: Rt) {
     })
     .await;
 }
+
+/// Several hosts are tried in order; `target_session_attrs=read-write` skips a read-only one.
+#[allow(clippy::await_holding_lock)]
+pub(crate) async fn multi_host_tries_hosts_in_order(rt: Rt) {
+    let writable = pg::destructive();
+    let writable_port = writable.cluster().expect("ours").port();
+    let read_only_port = pg::read_only().cluster().expect("ours").port();
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let connect = |dsn: String| {
+        let runtime = rt.pg_runtime();
+        async move { Connection::connect_with(PgConfig::from_dsn(&dsn)?, runtime).await }
+    };
+    let server_port = |mut conn: Connection| async move {
+        conn.query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0) as u16
+    };
+
+    // Nothing listens on the first host: the second answers.
+    let conn = connect(format!(
+        "host=127.0.0.1,127.0.0.1 port={closed_port},{read_only_port} user=postgres dbname=postgres"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(server_port(conn).await, read_only_port);
+
+    // Any session: the first host that answers, read-only or not.
+    let conn = connect(format!(
+        "host=127.0.0.1,127.0.0.1 port={read_only_port},{writable_port} user=postgres dbname=postgres"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(server_port(conn).await, read_only_port);
+
+    // read-write: the read-only server is skipped.
+    let dsn = format!(
+        "host=127.0.0.1,127.0.0.1 port={read_only_port},{writable_port} user=postgres \
+         dbname=postgres target_session_attrs=read-write"
+    );
+    let conn = connect(dsn.clone()).await.unwrap();
+    assert_eq!(server_port(conn).await, writable_port);
+
+    // Only read-only servers: a typed error naming the host.
+    let err = connect(format!(
+        "host=127.0.0.1 port={read_only_port} user=postgres dbname=postgres \
+         target_session_attrs=read-write"
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+
+    // The pool follows the same rules.
+    let pool = PgPool::builder(PgConfig::from_dsn(&dsn).unwrap())
+        .shared_runtime(rt.pg_runtime())
+        .build_eager()
+        .await
+        .unwrap();
+    let port: i32 = pool
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, writable_port);
+    drop(writable);
+}
