@@ -54,6 +54,7 @@ pub struct PgConfig {
     pub(crate) session: Vec<String>,
     pub(crate) recycling: Recycling,
     pub(crate) statement_cache: usize,
+    pub(crate) unnamed_statements: bool,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) connect_timeout: Option<Duration>,
 }
@@ -66,6 +67,7 @@ impl fmt::Debug for PgConfig {
             .field("session", &self.session)
             .field("recycling", &self.recycling)
             .field("statement_cache", &self.statement_cache)
+            .field("unnamed_statements", &self.unnamed_statements)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -96,6 +98,7 @@ impl PgConfig {
             session: Vec::new(),
             recycling: Recycling::default(),
             statement_cache: 256,
+            unnamed_statements: false,
             statement_timeout: None,
             connect_timeout: Some(Duration::from_secs(10)),
         }
@@ -272,6 +275,24 @@ impl PgConfig {
     /// ```
     pub fn statement_cache(mut self, capacity: usize) -> Self {
         self.statement_cache = capacity;
+        self
+    }
+
+    /// Never create a named prepared statement: every statement goes to the server as an
+    /// unnamed one, parsed, bound and run in a single round trip, as PgBouncer's transaction
+    /// pooling requires. The statement cache is not used. Parameter types are inferred from
+    /// the Rust values (integers, floats, booleans, text, `bytea`, JSON(B), arrays of those,
+    /// and the date, time, UUID and network types tokio-postgres knows); a parameter of
+    /// another type is an [`Error::InvalidInput`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = momopool_pg::PgConfig::default().unnamed_statements(true);
+    /// # drop(config);
+    /// ```
+    pub fn unnamed_statements(mut self, unnamed: bool) -> Self {
+        self.unnamed_statements = unnamed;
         self
     }
 

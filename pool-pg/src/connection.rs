@@ -294,15 +294,22 @@ impl Connection {
             runtime: Arc::clone(runtime),
             config: Arc::clone(config),
         };
-        let row = conn
+        // The simple protocol: no statement is prepared, which matters behind PgBouncer.
+        let messages = conn
             .client
-            .query_one(
-                "SELECT pg_backend_pid(), current_setting('transaction_read_only') = 'on'",
-                &[],
-            )
+            .simple_query("SELECT pg_backend_pid(), current_setting('transaction_read_only')")
             .await?;
-        conn.backend_pid = row.get(0);
-        let read_only: bool = row.get(1);
+        let (pid, read_only) = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                    row.get(0).unwrap_or("0").parse().unwrap_or(0),
+                    row.get(1) == Some("on"),
+                )),
+                _ => None,
+            })
+            .unwrap_or((0, false));
+        conn.backend_pid = pid;
         if read_only && config.pg.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
             return Err(Error::ReadOnly {
                 target: target.describe(port),
@@ -428,6 +435,9 @@ impl Connection {
         if !in_transaction && sql::may_open_transaction(sql) {
             self.set_dirty(true);
         }
+        if self.config.unnamed_statements {
+            return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
+        }
         let stmt = self.prepare_cached(sql).await?;
         match self.client.query(&stmt, params).await {
             Ok(rows) => Ok(rows),
@@ -458,6 +468,9 @@ impl Connection {
         if !in_transaction && sql::may_open_transaction(sql) {
             self.set_dirty(true);
         }
+        if self.config.unnamed_statements {
+            return self.query_unnamed(sql, params).await.map(|(_, n)| n);
+        }
         let stmt = self.prepare_cached(sql).await?;
         match self.client.execute(&stmt, params).await {
             Ok(n) => Ok(n),
@@ -478,6 +491,32 @@ impl Connection {
                 Err(Failure::sent(err))
             }
         }
+    }
+
+    /// One unnamed statement in one round trip: rows and the affected-row count.
+    async fn query_unnamed(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<Row>, u64), Failure> {
+        if self.is_closed() {
+            return Err(Failure::unsent(closed_error(&self.client).await));
+        }
+        let types = infer_types(params).map_err(Failure::unsent)?;
+        let typed = params.iter().copied().zip(types);
+        let run = async {
+            let stream = self.client.query_typed_raw(sql, typed).await?;
+            futures::pin_mut!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = futures::TryStreamExt::try_next(&mut stream).await? {
+                rows.push(row);
+            }
+            Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
+        };
+        run.await.map_err(|err| {
+            self.note(&err);
+            Failure::sent(err)
+        })
     }
 
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
@@ -705,12 +744,30 @@ impl Connection {
         if params.is_empty() {
             return Ok(sql.to_string());
         }
-        let stmt = self.prepare_cached(sql).await?;
-        let types: Vec<Type> = stmt.params().to_vec();
-        let rendering = render_literals_sql(&types);
-        let render = self.prepare_cached(&rendering).await?;
-        let row = match self.client.query_one(&render, params).await {
-            Ok(row) => row,
+        let (types, rendered) = if self.config.unnamed_statements {
+            let types = infer_types(params).map_err(Failure::unsent)?;
+            let rendering = render_literals_sql(&types);
+            let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+                params.iter().copied().zip(types.iter().cloned()).collect();
+            let rendered = self.client.query_typed(&rendering, &typed).await;
+            (types, rendered)
+        } else {
+            let stmt = self.prepare_cached(sql).await?;
+            let types: Vec<Type> = stmt.params().to_vec();
+            let rendering = render_literals_sql(&types);
+            let render = self.prepare_cached(&rendering).await?;
+            let rendered = self.client.query(&render, params).await;
+            (types, rendered)
+        };
+        let row = match rendered {
+            Ok(rows) => match rows.into_iter().next() {
+                Some(row) => row,
+                None => {
+                    return Err(Failure::sent(Error::InvalidInput(
+                        "rendering the parameters returned no row".into(),
+                    )));
+                }
+            },
             Err(err) => {
                 self.note(&err);
                 if err.code().map(|c| c.code()) == Some("22021") {
@@ -729,7 +786,9 @@ impl Connection {
     /// inside a transaction that ends with the stream (Momoko's named cursors). Memory stays
     /// bounded by one chunk whatever the result size.
     ///
-    /// Dropping the stream early rolls the transaction back.
+    /// Dropping the stream early rolls the transaction back. The statement is prepared inside
+    /// the cursor's transaction, which PgBouncer's transaction pooling allows even in
+    /// [unnamed-statement mode](PgConfig::unnamed_statements).
     ///
     /// # Errors
     ///
@@ -1143,6 +1202,67 @@ impl Transaction<'_> {
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.conn.batch_execute(sql).await
     }
+}
+
+/// The types parameters are offered, in order, when inferring one: the first a value
+/// accepts is used.
+const CANDIDATE_TYPES: [Type; 31] = [
+    Type::BOOL,
+    Type::INT2,
+    Type::INT4,
+    Type::INT8,
+    Type::FLOAT4,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMP,
+    Type::DATE,
+    Type::TIME,
+    Type::INTERVAL,
+    Type::UUID,
+    Type::NUMERIC,
+    Type::INET,
+    Type::OID,
+    Type::CHAR,
+    Type::BOOL_ARRAY,
+    Type::INT2_ARRAY,
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    Type::FLOAT4_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::UUID_ARRAY,
+    Type::DATE_ARRAY,
+];
+
+/// Infers each parameter's PostgreSQL type from its Rust value, for unnamed statements.
+fn infer_types(params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Type>, Error> {
+    let mut scratch = bytes::BytesMut::new();
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, param)| {
+            CANDIDATE_TYPES
+                .iter()
+                .find(|ty| {
+                    scratch.clear();
+                    param.to_sql_checked(ty, &mut scratch).is_ok()
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "cannot infer the PostgreSQL type of parameter ${}; unnamed statements \
+                         support the common scalar, JSON and array types",
+                        i + 1
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// The `SELECT * FROM name(...)` statement behind `callproc`.

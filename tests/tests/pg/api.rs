@@ -544,3 +544,63 @@ pub(crate) async fn statement_deadline_cancels_on_the_server(rt: Rt) {
     let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "the pool is fine afterwards");
 }
+
+/// Unnamed-statement mode (for PgBouncer's transaction pooling): statements of many parameter
+/// types work, and no named prepared statement ever exists on the server.
+pub(crate) async fn unnamed_statements_leave_nothing_prepared(rt: Rt) {
+    let server = pg::shared();
+    let config = server
+        .config(&unique(&rt, "unnamed"))
+        .unnamed_statements(true);
+    let pool = pool_for(&rt, config, |b| b.max_size(1)).await;
+    let none: Option<i64> = None;
+    let json = serde_json::json!({"k": [1, 2]});
+    let row = pool
+        .query_one(
+            "SELECT $1::int + 1, $2::text, $3::bigint IS NULL, $4::jsonb, $5::int[], $6::bytea, $7::bool",
+            &[&41i32, &"x", &none, &json, &vec![1i32, 2], &vec![7u8], &true],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert_eq!(row.get::<_, String>(1), "x");
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, serde_json::Value>(3), json);
+    assert_eq!(row.get::<_, Vec<i32>>(4), vec![1, 2]);
+    let n = pool
+        .execute_count("SELECT generate_series(1, $1)", &[&3i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let text = pool.mogrify("SELECT $1::int", &[&5i32]).await.unwrap();
+    assert_eq!(text, "SELECT '5'::integer::int");
+    pool.transaction(&[("SELECT $1::int", &[&1i32])])
+        .await
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let prepared: i64 = conn
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0, "no named statement on the server");
+    drop(conn);
+    // A type it cannot infer is a clear error, not a panic.
+    let mut map = HashMap::new();
+    map.insert("a".to_string(), Some("b".to_string()));
+    let err = pool
+        .execute("SELECT $1::hstore", &[&map])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+
+    // The default mode caches named statements, for comparison.
+    let cached = pool_for(&rt, server.config(&unique(&rt, "named")), |b| b.max_size(1)).await;
+    cached.execute("SELECT $1::int", &[&1i32]).await.unwrap();
+    let prepared: i64 = cached
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(prepared >= 1);
+}

@@ -61,6 +61,7 @@ momopool_tests::matrix!(
     bad_inputs_give_typed_errors_fast,
     b2_fast_restart_under_query_loop,
     multi_host_tries_hosts_in_order,
+    unnamed_statements_leave_nothing_prepared,
     shared_mode_pipelines_on_few_connections,
     shared_mode_slow_statement_does_not_stall_new_callers,
     shared_mode_deadlines,
