@@ -57,6 +57,8 @@ pub struct PgConfig {
     pub(crate) unnamed_statements: bool,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) connect_timeout: Option<Duration>,
+    #[cfg(feature = "tls-rustls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for PgConfig {
@@ -70,6 +72,7 @@ impl fmt::Debug for PgConfig {
             .field("unnamed_statements", &self.unnamed_statements)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls_configured())
             .finish()
     }
 }
@@ -101,7 +104,17 @@ impl PgConfig {
             unnamed_statements: false,
             statement_timeout: None,
             connect_timeout: Some(Duration::from_secs(10)),
+            #[cfg(feature = "tls-rustls")]
+            tls: None,
         }
+    }
+
+    /// Whether TLS is configured.
+    pub(crate) fn tls_configured(&self) -> bool {
+        #[cfg(feature = "tls-rustls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls-rustls"))]
+        false
     }
 
     /// Parses a DSN: a URL (`postgresql://user:password@host:port/dbname?option=value`) or
@@ -324,6 +337,65 @@ impl PgConfig {
     /// ```
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.connect_timeout = timeout.into();
+        self
+    }
+
+    /// Uses TLS, trusting the certificates in `pem` (one or more PEM `CERTIFICATE` blocks) as
+    /// roots. Whether TLS is required follows the DSN's `sslmode`: `prefer` (the default) uses
+    /// it when the server offers it, `require` fails without it, `disable` never uses it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `pem` holds no usable certificate.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let pem = std::fs::read("ca.pem").unwrap();
+    /// let config = momopool_pg::PgConfig::from_dsn("host=db.internal user=app sslmode=require")
+    ///     .unwrap()
+    ///     .tls_roots_pem(&pem)
+    ///     .unwrap();
+    /// # drop(config);
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    pub fn tls_roots_pem(self, pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Config(format!("invalid PEM certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Config(format!("unusable root certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Config("no certificate found in the PEM data".into()));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(self.tls_config(tls))
+    }
+
+    /// Uses TLS with a rustls configuration of your own (client certificates, custom
+    /// verification). `sslmode` applies as for [`tls_roots_pem`](PgConfig::tls_roots_pem).
+    ///
+    /// rustls's type appears here on purpose: a TLS configuration is rustls's to describe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(tls: rustls::ClientConfig) {
+    /// let config = momopool_pg::PgConfig::default().tls_config(tls);
+    /// # }
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(std::sync::Arc::new(config));
         self
     }
 

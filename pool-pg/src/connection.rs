@@ -28,6 +28,81 @@ pub(crate) struct Driver {
     notifications: Mutex<Option<futures::channel::mpsc::UnboundedSender<Notification>>>,
 }
 
+/// Drives a connection's socket on the runtime until the client is dropped or the server
+/// goes away, forwarding notifications and recording how it ended.
+fn spawn_driver<T>(
+    runtime: &Arc<dyn PgRuntime>,
+    connection: tokio_postgres::Connection<Socket, T>,
+) -> Arc<Driver>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let driver = Arc::new(Driver::default());
+    let state = Arc::clone(&driver);
+    runtime.spawn(Box::pin(async move {
+        let mut connection = connection;
+        loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let sender = state
+                        .notifications
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if let Some(sender) = &*sender {
+                        let _ = sender.unbounded_send(n);
+                    }
+                }
+                Some(Ok(AsyncMessage::Notice(notice))) => {
+                    tracing::debug!(
+                        code = notice.code().code(),
+                        message = notice.message(),
+                        "server notice"
+                    );
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    if pg_connection_lost(&err) {
+                        state.server_gone.store(true, Ordering::SeqCst);
+                    }
+                    tracing::debug!(error = %err, "connection ended with an error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        state.closed.store(true, Ordering::SeqCst);
+        // Ends any LISTEN stream.
+        state
+            .notifications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }));
+    driver
+}
+
+/// The rustls connector for one target (the host name is checked against the certificate).
+#[cfg(feature = "tls-rustls")]
+fn tls_connector(
+    tls: &Arc<rustls::ClientConfig>,
+    target: &Target,
+) -> Result<
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<Socket>>::TlsConnect,
+    Error,
+>{
+    use tokio_postgres::tls::MakeTlsConnect;
+    let name = match target {
+        Target::Addr(addr) => addr.to_string(),
+        Target::Name(name) => name.clone(),
+        Target::Unix(_) => "localhost".to_string(),
+    };
+    let mut make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+    match <_ as MakeTlsConnect<Socket>>::make_tls_connect(&mut make, &name) {
+        Ok(connector) => Ok(connector),
+        Err(never) => match never {},
+    }
+}
+
 /// A statement failure, and whether anything had been sent when it happened.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -234,50 +309,34 @@ impl Connection {
         target: &Target,
         port: u16,
     ) -> Result<Connection, Error> {
+        if config.pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+            && !config.tls_configured()
+        {
+            return Err(Error::Config(
+                "sslmode=require needs TLS: enable the tls-rustls feature and configure it with \
+                 PgConfig::tls_roots_pem or PgConfig::tls_config"
+                    .into(),
+            ));
+        }
         let mut socket = connect_socket(runtime, target, port).await?;
         let probe = socket.take_probe();
-        let (client, connection) = config.pg.connect_raw(socket, NoTls).await?;
-        let driver = Arc::new(Driver::default());
-        let state = Arc::clone(&driver);
-        runtime.spawn(Box::pin(async move {
-            let mut connection = connection;
-            loop {
-                match poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        let sender = state
-                            .notifications
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        if let Some(sender) = &*sender {
-                            let _ = sender.unbounded_send(n);
-                        }
-                    }
-                    Some(Ok(AsyncMessage::Notice(notice))) => {
-                        tracing::debug!(
-                            code = notice.code().code(),
-                            message = notice.message(),
-                            "server notice"
-                        );
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => {
-                        if pg_connection_lost(&err) {
-                            state.server_gone.store(true, Ordering::SeqCst);
-                        }
-                        tracing::debug!(error = %err, "connection ended with an error");
-                        break;
-                    }
-                    None => break,
-                }
+        #[cfg(feature = "tls-rustls")]
+        let (client, driver) = match &config.tls {
+            Some(tls) => {
+                let connector = tls_connector(tls, target)?;
+                let (client, connection) = config.pg.connect_raw(socket, connector).await?;
+                (client, spawn_driver(runtime, connection))
             }
-            state.closed.store(true, Ordering::SeqCst);
-            // Ends any LISTEN stream.
-            state
-                .notifications
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-        }));
+            None => {
+                let (client, connection) = config.pg.connect_raw(socket, NoTls).await?;
+                (client, spawn_driver(runtime, connection))
+            }
+        };
+        #[cfg(not(feature = "tls-rustls"))]
+        let (client, driver) = {
+            let (client, connection) = config.pg.connect_raw(socket, NoTls).await?;
+            (client, spawn_driver(runtime, connection))
+        };
 
         let mut conn = Connection {
             client,
@@ -1026,16 +1085,27 @@ impl Connection {
     /// background, over a new socket.
     pub(crate) fn cancel_in_background(&self) {
         let token = self.client.cancel_token();
+        #[cfg(feature = "tls-rustls")]
+        let tls = self.config.tls.clone();
         let runtime = Arc::clone(&self.runtime);
         let (target, port) = self.target.clone();
         self.runtime.spawn(Box::pin(async move {
-            match connect_socket(&runtime, &target, port).await {
-                Ok(socket) => {
-                    if let Err(err) = token.cancel_query_raw(socket, NoTls).await {
-                        tracing::debug!(error = %err, "cancel request failed");
-                    }
+            let socket = match connect_socket(&runtime, &target, port).await {
+                Ok(socket) => socket,
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not open a socket to cancel");
+                    return;
                 }
-                Err(err) => tracing::debug!(error = %err, "could not open a socket to cancel"),
+            };
+            #[cfg(feature = "tls-rustls")]
+            let result = match tls.as_ref().map(|tls| tls_connector(tls, &target)) {
+                Some(Ok(connector)) => token.cancel_query_raw(socket, connector).await,
+                _ => token.cancel_query_raw(socket, NoTls).await,
+            };
+            #[cfg(not(feature = "tls-rustls"))]
+            let result = token.cancel_query_raw(socket, NoTls).await;
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "cancel request failed");
             }
         }));
     }

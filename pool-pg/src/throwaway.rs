@@ -389,6 +389,7 @@ pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     password_users: Vec<(String, String)>,
     bindir: Option<PathBuf>,
+    ssl: Option<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -427,6 +428,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Turns TLS on with this certificate and private key (PEM). Clients may then connect
+    /// with or without TLS (`sslmode=require` or `disable`).
+    #[must_use]
+    pub fn ssl(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.ssl = Some((cert_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
     /// Uses the PostgreSQL binaries in `dir` instead of looking them up with
     /// [`find_bindir`].
     #[must_use]
@@ -461,6 +470,7 @@ impl ClusterBuilder {
             }
         }
         let identity = Identity::detect()?;
+        let owner = identity.root;
         let base = base_dir(identity.root.is_some());
         cleanup_stale(&base, &bindir, &identity.runner);
 
@@ -478,7 +488,30 @@ impl ClusterBuilder {
         spawn_watchdog(&cluster);
         cluster.initdb()?;
         cluster.write_hba(&self.password_users)?;
-        cluster.start_on_free_port(&self.settings)?;
+        let mut settings = self.settings.clone();
+        if let Some((cert, key)) = &self.ssl {
+            for (name, contents) in [("server.crt", cert), ("server.key", key)] {
+                let path = cluster.data_dir.join(name);
+                fs::write(&path, contents)
+                    .map_err(|e| io_error(format!("could not write {}", path.display()), e))?;
+                // The server refuses a key readable by others, or owned by someone else.
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| {
+                    io_error(format!("could not set the mode of {}", path.display()), e)
+                })?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
+                        io_error(
+                            format!("could not hand {} to {SYSTEM_USER}", path.display()),
+                            e,
+                        )
+                    })?;
+                }
+            }
+            settings.push(("ssl".into(), "on".into()));
+            settings.push(("ssl_cert_file".into(), "server.crt".into()));
+            settings.push(("ssl_key_file".into(), "server.key".into()));
+        }
+        cluster.start_on_free_port(&settings)?;
         for (user, password) in &self.password_users {
             let sql = format!(
                 "SET password_encryption = 'scram-sha-256';\nCREATE ROLE {} LOGIN PASSWORD {};\n",

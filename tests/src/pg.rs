@@ -123,3 +123,42 @@ pub fn read_only() -> &'static Server {
         Err(why) => panic!("{why}"),
     }
 }
+
+/// A cluster of the tests' own that offers TLS with a self-signed certificate for
+/// `localhost` and `127.0.0.1`; [`tls_certificate_pem`] is what clients must trust.
+///
+/// # Panics
+///
+/// When no cluster can be started or the certificate cannot be made.
+pub fn tls() -> &'static Server {
+    static TLS: OnceLock<Result<Server, String>> = OnceLock::new();
+    let server = TLS.get_or_init(|| {
+        let cluster = Cluster::builder()
+            .ssl(&tls_material().0, &tls_material().1)
+            .start()
+            .map_err(|e| format!("cannot start a TLS throwaway cluster: {e}"))?;
+        Ok(Server {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        })
+    });
+    match server {
+        Ok(server) => server,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// The certificate (PEM) of the [`tls`] cluster.
+pub fn tls_certificate_pem() -> &'static str {
+    &tls_material().0
+}
+
+fn tls_material() -> &'static (String, String) {
+    static MATERIAL: OnceLock<(String, String)> = OnceLock::new();
+    MATERIAL.get_or_init(|| {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .expect("a self-signed certificate");
+        (certified.cert.pem(), certified.key_pair.serialize_pem())
+    })
+}

@@ -604,3 +604,49 @@ pub(crate) async fn unnamed_statements_leave_nothing_prepared(rt: Rt) {
         .get(0);
     assert!(prepared >= 1);
 }
+
+/// TLS with rustls: connections are encrypted (as the server sees them), `sslmode=require`
+/// without TLS configured is a clear error, and an untrusted certificate is refused.
+pub(crate) async fn tls_connections_are_encrypted(rt: Rt) {
+    let server = pg::tls();
+    let port = server.cluster().expect("ours").port();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require");
+    let config = momopool_pg::PgConfig::from_dsn(&dsn)
+        .unwrap()
+        .tls_roots_pem(pg::tls_certificate_pem().as_bytes())
+        .unwrap();
+    let pool = pool_for(&rt, config, |b| b).await;
+    let encrypted: bool = pool
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        encrypted,
+        "[{}] the server sees a TLS connection",
+        rt.name()
+    );
+
+    let err = Connection::connect_with(
+        momopool_pg::PgConfig::from_dsn(&dsn).unwrap(),
+        rt.pg_runtime(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("tls-rustls"), "{err}");
+
+    let stranger = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let config = momopool_pg::PgConfig::from_dsn(&dsn)
+        .unwrap()
+        .tls_roots_pem(stranger.cert.pem().as_bytes())
+        .unwrap();
+    let started = Instant::now();
+    let err = Connection::connect_with(config, rt.pg_runtime())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -62,6 +62,7 @@ momopool_tests::matrix!(
     b2_fast_restart_under_query_loop,
     multi_host_tries_hosts_in_order,
     unnamed_statements_leave_nothing_prepared,
+    tls_connections_are_encrypted,
     shared_mode_pipelines_on_few_connections,
     shared_mode_slow_statement_does_not_stall_new_callers,
     shared_mode_deadlines,
