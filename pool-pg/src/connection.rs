@@ -30,46 +30,61 @@ pub(crate) struct Driver {
 
 /// Drives a connection's socket on the runtime until the client is dropped or the server
 /// goes away, forwarding notifications and recording how it ended.
+///
+/// When our [`Connection`] is dropped (its `stop` sender with it), the driver gets a grace
+/// period to close politely, then ends regardless: a connection discarded with a request
+/// still in flight (its server silent, or the network cut) would otherwise wait for an
+/// answer for ever, keeping its task, its socket and its server session alive.
 fn spawn_driver<T>(
     runtime: &Arc<dyn PgRuntime>,
     connection: tokio_postgres::Connection<Socket, T>,
-) -> Arc<Driver>
+) -> (Arc<Driver>, futures::channel::oneshot::Sender<()>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let driver = Arc::new(Driver::default());
     let state = Arc::clone(&driver);
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let timer = Arc::clone(runtime);
     runtime.spawn(Box::pin(async move {
         let mut connection = connection;
-        loop {
-            match poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    let sender = state
-                        .notifications
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    if let Some(sender) = &*sender {
-                        let _ = sender.unbounded_send(n);
+        let drive = async {
+            loop {
+                match poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        let sender = state
+                            .notifications
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if let Some(sender) = &*sender {
+                            let _ = sender.unbounded_send(n);
+                        }
                     }
-                }
-                Some(Ok(AsyncMessage::Notice(notice))) => {
-                    tracing::debug!(
-                        code = notice.code().code(),
-                        message = notice.message(),
-                        "server notice"
-                    );
-                }
-                Some(Ok(_)) => {}
-                Some(Err(err)) => {
-                    if pg_connection_lost(&err) {
-                        state.server_gone.store(true, Ordering::SeqCst);
+                    Some(Ok(AsyncMessage::Notice(notice))) => {
+                        tracing::debug!(
+                            code = notice.code().code(),
+                            message = notice.message(),
+                            "server notice"
+                        );
                     }
-                    tracing::debug!(error = %err, "connection ended with an error");
-                    break;
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        if pg_connection_lost(&err) {
+                            state.server_gone.store(true, Ordering::SeqCst);
+                        }
+                        tracing::debug!(error = %err, "connection ended with an error");
+                        break;
+                    }
+                    None => break,
                 }
-                None => break,
             }
-        }
+        };
+        let abandoned = async {
+            let _ = stopped.await;
+            timer.sleep(DRIVER_GRACE).await;
+        };
+        futures::future::select(std::pin::pin!(drive), std::pin::pin!(abandoned)).await;
+        drop(connection);
         state.closed.store(true, Ordering::SeqCst);
         // Ends any LISTEN stream.
         state
@@ -78,8 +93,11 @@ where
             .unwrap_or_else(|e| e.into_inner())
             .take();
     }));
-    driver
+    (driver, stop)
 }
+
+/// How long a dropped connection's driver may take to close politely.
+const DRIVER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The rustls connector for one target (the host name is checked against the certificate).
 #[cfg(feature = "tls-rustls")]
@@ -198,6 +216,8 @@ pub struct Connection {
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
     config: Arc<PgConfig>,
+    /// Dropped with the connection: tells the driver to finish.
+    _stop: futures::channel::oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -321,7 +341,7 @@ impl Connection {
         let mut socket = connect_socket(runtime, target, port).await?;
         let probe = socket.take_probe();
         #[cfg(feature = "tls-rustls")]
-        let (client, driver) = match &config.tls {
+        let (client, (driver, stop)) = match &config.tls {
             Some(tls) => {
                 let connector = tls_connector(tls, target)?;
                 let (client, connection) = config.pg.connect_raw(socket, connector).await?;
@@ -333,7 +353,7 @@ impl Connection {
             }
         };
         #[cfg(not(feature = "tls-rustls"))]
-        let (client, driver) = {
+        let (client, (driver, stop)) = {
             let (client, connection) = config.pg.connect_raw(socket, NoTls).await?;
             (client, spawn_driver(runtime, connection))
         };
@@ -352,6 +372,7 @@ impl Connection {
             probe,
             runtime: Arc::clone(runtime),
             config: Arc::clone(config),
+            _stop: stop,
         };
         // The simple protocol: no statement is prepared, which matters behind PgBouncer.
         let messages = conn

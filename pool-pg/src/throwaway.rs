@@ -767,6 +767,34 @@ impl Cluster {
         }
     }
 
+    /// Starts `pg_ctl restart -m <mode>` without waiting for it, so that async code can go on
+    /// (and a single-threaded runtime keep running) while the server restarts. Poll the child
+    /// with [`std::process::Child::try_wait`]; it exits once the server is back (or after
+    /// pg_ctl's own timeout).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Io`] when `pg_ctl` cannot be started.
+    pub fn restart_in_background(
+        &self,
+        mode: StopMode,
+    ) -> Result<std::process::Child, ClusterError> {
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = send_signal(pid, "CONT");
+        }
+        let wait = PG_CTL_WAIT_SECS.to_string();
+        let mut cmd = self.runner.command(&self.bindir.join("pg_ctl"));
+        cmd.args(["restart", "-m", mode.as_arg(), "-w", "-t", &wait, "-l"])
+            .arg(&self.log_file)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn()
+            .map_err(|e| io_error("could not start pg_ctl restart".to_string(), e))
+    }
+
     /// Kills the postmaster with `SIGKILL` (`kill -9`), simulating a crash,
     /// and waits (up to 10 s) until it and its child processes are gone.
     ///

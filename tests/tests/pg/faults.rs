@@ -304,3 +304,62 @@ pub(crate) async fn multi_host_tries_hosts_in_order(rt: Rt) {
     assert_eq!(port as u16, writable_port);
     drop(writable);
 }
+
+/// Regression: a connection discarded while its request was still in flight (its server
+/// silent behind a blackhole) must really close. Its driver used to wait for the answer for
+/// ever, keeping the task, the socket and the server session alive.
+pub(crate) async fn discarded_connection_with_request_in_flight_closes(rt: Rt) {
+    use momopool_tests::proxy::FaultProxy;
+    let server = pg::shared();
+    let app = unique(&rt, "discard_in_flight");
+    let upstream = server.config(&app);
+    let port = upstream.ports().first().copied().unwrap_or(5432);
+    let proxy = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    let dsn = format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres?application_name={app}",
+        proxy.port()
+    );
+    let pool = pool_for(&rt, PgConfig::from_dsn(&dsn).unwrap(), |b| b.max_size(2)).await;
+    let admin = pool_for(&rt, server.config(&format!("{app}_admin")), |b| {
+        b.max_size(1)
+    })
+    .await;
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    proxy.blackhole();
+    let err = pool
+        .with(momopool_pg::CallOptions::new().timeout(Duration::from_millis(300)))
+        .execute("SELECT 1", &[])
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    proxy.pass();
+
+    let mut gone = false;
+    for _ in 0..150 {
+        let alive: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if alive == 0 {
+            gone = true;
+            break;
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        gone,
+        "[{}] the discarded connection's server session ended",
+        rt.name()
+    );
+    let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
