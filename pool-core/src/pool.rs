@@ -716,6 +716,29 @@ macro_rules! optional_setters {
     };
 }
 
+/// The hook setters share one signature: an async closure over the connection and its
+/// metrics, written `|conn, metrics| Box::pin(async move { ... })`.
+macro_rules! hook_setters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name<F>(mut self, hook: F) -> Self
+            where
+                F: for<'a> Fn(
+                        &'a mut M::Connection,
+                        &'a Metrics,
+                    ) -> BoxFuture<'a, Result<(), HookError<M::Error>>>
+                    + Send
+                    + Sync
+                    + 'static,
+            {
+                self.hooks.$name = Some(Box::new(hook));
+                self
+            }
+        )*
+    };
+}
+
 impl<M: Manager> PoolBuilder<M> {
     /// Replaces every setting with `config` (hooks and runtime are kept).
     pub fn config(mut self, config: PoolConfig) -> Self {
@@ -781,54 +804,19 @@ impl<M: Manager> PoolBuilder<M> {
         self
     }
 
-    /// Runs on every new connection before it is first handed out (Momoko's `setsession`).
-    /// An error discards the connection and reaches the caller it was meant for.
-    pub fn post_create<F>(mut self, hook: F) -> Self
-    where
-        F: for<'a> Fn(
-                &'a mut M::Connection,
-                &'a Metrics,
-            ) -> BoxFuture<'a, Result<(), HookError<M::Error>>>
-            + Send
-            + Sync
-            + 'static,
-    {
-        self.hooks.post_create = Some(Box::new(hook));
-        self
-    }
-
-    /// Runs before [`Manager::check`] each time an idle connection is reused. Setting it
-    /// makes every reuse go through the check. An error discards the connection and the
-    /// caller gets another one.
-    pub fn pre_recycle<F>(mut self, hook: F) -> Self
-    where
-        F: for<'a> Fn(
-                &'a mut M::Connection,
-                &'a Metrics,
-            ) -> BoxFuture<'a, Result<(), HookError<M::Error>>>
-            + Send
-            + Sync
-            + 'static,
-    {
-        self.hooks.pre_recycle = Some(Box::new(hook));
-        self
-    }
-
-    /// Runs after a successful [`Manager::check`] each time an idle connection is reused.
-    /// Setting it makes every reuse go through the check. An error discards the connection
-    /// and the caller gets another one.
-    pub fn post_recycle<F>(mut self, hook: F) -> Self
-    where
-        F: for<'a> Fn(
-                &'a mut M::Connection,
-                &'a Metrics,
-            ) -> BoxFuture<'a, Result<(), HookError<M::Error>>>
-            + Send
-            + Sync
-            + 'static,
-    {
-        self.hooks.post_recycle = Some(Box::new(hook));
-        self
+    hook_setters! {
+        /// Runs on every new connection before it is first handed out (Momoko's
+        /// `setsession`). An error discards the connection and reaches the caller it was meant
+        /// for.
+        post_create,
+        /// Runs before [`Manager::check`] each time an idle connection is reused. Setting it
+        /// makes every reuse go through the check. An error discards the connection and the
+        /// caller gets another one.
+        pre_recycle,
+        /// Runs after a successful [`Manager::check`] each time an idle connection is reused.
+        /// Setting it makes every reuse go through the check. An error discards the connection
+        /// and the caller gets another one.
+        post_recycle,
     }
 
     /// Builds the pool without connecting: it never fails for an unreachable backend. The pool

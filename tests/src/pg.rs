@@ -108,20 +108,9 @@ pub fn destructive() -> MutexGuard<'static, Server> {
 /// When no cluster can be started.
 pub fn read_only() -> &'static Server {
     static READ_ONLY: OnceLock<Result<Server, String>> = OnceLock::new();
-    let server = READ_ONLY.get_or_init(|| {
-        let cluster = Cluster::builder()
-            .setting("default_transaction_read_only", "on")
-            .start()
-            .map_err(|e| format!("cannot start a read-only throwaway cluster: {e}"))?;
-        Ok(Server {
-            url: cluster.url(),
-            cluster: Some(cluster),
-        })
-    });
-    match server {
-        Ok(server) => server,
-        Err(why) => panic!("{why}"),
-    }
+    started(&READ_ONLY, "read-only", || {
+        Cluster::builder().setting("default_transaction_read_only", "on")
+    })
 }
 
 /// A cluster of the tests' own that offers TLS with a self-signed certificate for
@@ -132,11 +121,21 @@ pub fn read_only() -> &'static Server {
 /// When no cluster can be started or the certificate cannot be made.
 pub fn tls() -> &'static Server {
     static TLS: OnceLock<Result<Server, String>> = OnceLock::new();
-    let server = TLS.get_or_init(|| {
-        let cluster = Cluster::builder()
-            .ssl(&tls_material().0, &tls_material().1)
+    started(&TLS, "TLS", || {
+        Cluster::builder().ssl(&tls_material().0, &tls_material().1)
+    })
+}
+
+/// The server in `slot`, started once from `builder`.
+fn started(
+    slot: &'static OnceLock<Result<Server, String>>,
+    what: &str,
+    builder: impl FnOnce() -> momopool_pg::throwaway::ClusterBuilder,
+) -> &'static Server {
+    let server = slot.get_or_init(|| {
+        let cluster = builder()
             .start()
-            .map_err(|e| format!("cannot start a TLS throwaway cluster: {e}"))?;
+            .map_err(|e| format!("cannot start a {what} throwaway cluster: {e}"))?;
         Ok(Server {
             url: cluster.url(),
             cluster: Some(cluster),
