@@ -60,7 +60,8 @@ pub enum Error {
     #[error("outcome unknown, the connection was lost after the statement was sent: {0}")]
     OutcomeUnknown(#[source] Box<Error>),
     /// The statement's deadline passed. A cancel request was sent to the server and the
-    /// connection was discarded.
+    /// connection was discarded. The statement had been sent, so its outcome is unknown
+    /// ([`Error::is_outcome_unknown`] says so).
     #[error("statement timed out after {after:?} (cancel request sent)")]
     StatementTimeout {
         /// The deadline that passed.
@@ -151,7 +152,9 @@ impl Error {
         }
     }
 
-    /// Whether the statement may or may not have run: see [`Error::OutcomeUnknown`].
+    /// Whether the statement may or may not have run: an [`Error::OutcomeUnknown`], or an
+    /// [`Error::StatementTimeout`] (the statement had been sent; the cancel request may have
+    /// come too late, a `COMMIT` may have gone through).
     ///
     /// # Examples
     ///
@@ -160,7 +163,10 @@ impl Error {
     /// assert!(!Error::Config("bad".into()).is_outcome_unknown());
     /// ```
     pub fn is_outcome_unknown(&self) -> bool {
-        matches!(self, Error::OutcomeUnknown(_))
+        matches!(
+            self,
+            Error::OutcomeUnknown(_) | Error::StatementTimeout { .. }
+        )
     }
 
     /// Whether this error means the connection is gone (the server terminated it, shut
@@ -210,6 +216,11 @@ impl Error {
             // configuration change, not a retry.
             if c.starts_with("28") || c == "3D000" {
                 return ErrorClass::Permanent;
+            }
+            // Too many connections and other resource shortages arrive as FATAL, but the
+            // server is there: worth a later retry, no reason to distrust other connections.
+            if c.starts_with("53") {
+                return ErrorClass::Transient;
             }
         }
         match self {

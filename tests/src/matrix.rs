@@ -207,7 +207,9 @@ impl<T> Future for Task<T> {
 
 async fn with_deadline<F: Future<Output = ()>>(rt: Rt, body: F) {
     let name = rt.name;
-    if rt.timeout(GLOBAL_DEADLINE, body).await.is_none() {
+    // Boxed: `block_on` moves the future by value, and a large test body's future in a debug
+    // build would overflow a test thread's stack on some runtimes.
+    if rt.timeout(GLOBAL_DEADLINE, Box::pin(body)).await.is_none() {
         panic!("[{name}] test exceeded its global deadline of {GLOBAL_DEADLINE:?}: a hang");
     }
 }
