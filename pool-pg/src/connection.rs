@@ -12,7 +12,7 @@ use crate::runtime::{PgRuntime, Probe, Socket};
 use crate::sql;
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,6 +142,43 @@ impl Failure {
             sent: true,
         }
     }
+}
+
+/// Marks the connection broken when dropped before [`done`](InFlight::done): a request
+/// abandoned half-way (its caller cancelled) leaves its answer streaming in, and whoever used
+/// the connection next would wait behind someone else's results.
+struct InFlight<'a> {
+    broken: &'a AtomicBool,
+    done: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(broken: &'a AtomicBool) -> Self {
+        InFlight {
+            broken,
+            done: false,
+        }
+    }
+
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs `request`, marking the connection broken if the request is abandoned half-way.
+async fn guarded_request<T>(broken: &AtomicBool, request: impl Future<Output = T>) -> T {
+    let in_flight = InFlight::new(broken);
+    let out = request.await;
+    in_flight.done();
+    out
 }
 
 /// A bounded cache of prepared statements, least recently used out first.
@@ -492,7 +529,7 @@ impl Connection {
         }
         // Preparing has no side effects: a failure here leaves nothing half-done, so the
         // statement itself counts as not sent.
-        match self.client.prepare(sql).await {
+        match guarded_request(&self.broken, self.client.prepare(sql)).await {
             Ok(stmt) => {
                 self.cache().insert(sql, stmt.clone());
                 Ok(stmt)
@@ -519,7 +556,7 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match self.client.query(&stmt, params).await {
+        match guarded_request(&self.broken, self.client.query(&stmt, params)).await {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -527,10 +564,12 @@ impl Connection {
                     return Err(Failure::sent(Error::PlanInvalidated(err)));
                 }
                 let stmt = self.prepare_cached(sql).await?;
-                self.client.query(&stmt, params).await.map_err(|err| {
-                    self.note(&err);
-                    Failure::sent(err)
-                })
+                guarded_request(&self.broken, self.client.query(&stmt, params))
+                    .await
+                    .map_err(|err| {
+                        self.note(&err);
+                        Failure::sent(err)
+                    })
             }
             Err(err) => {
                 self.note(&err);
@@ -552,15 +591,17 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match self.client.execute(&stmt, params).await {
+        match guarded_request(&self.broken, self.client.execute(&stmt, params)).await {
             Ok(n) => Ok(n),
             Err(err) if is_plan_invalidated(&err) && !in_transaction => {
                 self.cache().remove(sql);
                 let stmt = self.prepare_cached(sql).await?;
-                self.client.execute(&stmt, params).await.map_err(|err| {
-                    self.note(&err);
-                    Failure::sent(err)
-                })
+                guarded_request(&self.broken, self.client.execute(&stmt, params))
+                    .await
+                    .map_err(|err| {
+                        self.note(&err);
+                        Failure::sent(err)
+                    })
             }
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -593,7 +634,7 @@ impl Connection {
             }
             Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
         };
-        run.await.map_err(|err| {
+        guarded_request(&self.broken, run).await.map_err(|err| {
             self.note(&err);
             Failure::sent(err)
         })
@@ -606,10 +647,12 @@ impl Connection {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
-        self.client.batch_execute(sql).await.map_err(|err| {
-            self.note(&err);
-            Failure::sent(err)
-        })
+        guarded_request(&self.broken, self.client.batch_execute(sql))
+            .await
+            .map_err(|err| {
+                self.note(&err);
+                Failure::sent(err)
+            })
     }
 
     /// Runs a statement and returns its rows.
@@ -829,14 +872,15 @@ impl Connection {
             let rendering = render_literals_sql(&types);
             let typed: Vec<(&(dyn ToSql + Sync), Type)> =
                 params.iter().copied().zip(types.iter().cloned()).collect();
-            let rendered = self.client.query_typed(&rendering, &typed).await;
+            let rendered =
+                guarded_request(&self.broken, self.client.query_typed(&rendering, &typed)).await;
             (types, rendered)
         } else {
             let stmt = self.prepare_cached(sql).await?;
             let types: Vec<Type> = stmt.params().to_vec();
             let rendering = render_literals_sql(&types);
             let render = self.prepare_cached(&rendering).await?;
-            let rendered = self.client.query(&render, params).await;
+            let rendered = guarded_request(&self.broken, self.client.query(&render, params)).await;
             (types, rendered)
         };
         let row = match rendered {
@@ -936,7 +980,7 @@ impl Connection {
                     }
                     State::Open(tx, portal) => (tx, portal),
                 };
-                match tx.query_portal(&portal, chunk).await {
+                match guarded_request(broken, tx.query_portal(&portal, chunk)).await {
                     Ok(rows) if rows.is_empty() => {
                         drop(portal);
                         match tx.commit().await {

@@ -654,3 +654,34 @@ pub(crate) async fn tls_connections_are_encrypted(rt: Rt) {
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// A connection returned while its statement's answer is still coming is discarded: the
+/// next borrower never waits behind someone else's results.
+pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "abandoned")), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    let mut conn = pool.get().await.unwrap();
+    let abandoned = rt
+        .timeout(
+            Duration::from_millis(100),
+            conn.query("SELECT pg_sleep(0.6)", &[]),
+        )
+        .await;
+    assert!(abandoned.is_none(), "the statement was still running");
+    drop(conn);
+
+    let started = Instant::now();
+    let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "[{}] the next borrower waited {:?} behind the abandoned statement",
+        rt.name(),
+        started.elapsed()
+    );
+    let stats = pool.inner().statistics();
+    assert_eq!(stats.closed.get(momopool::Removal::Broken), 1, "{stats:?}");
+}

@@ -64,6 +64,7 @@ momopool_tests::matrix!(
     unnamed_statements_leave_nothing_prepared,
     tls_connections_are_encrypted,
     discarded_connection_with_request_in_flight_closes,
+    abandoned_statement_is_not_handed_on,
     shared_mode_pipelines_on_few_connections,
     shared_mode_slow_statement_does_not_stall_new_callers,
     shared_mode_deadlines,
