@@ -4,7 +4,9 @@ use crate::config::{PoolConfig, Reuse, Validation, check_sizes};
 use crate::error::{BuildError, HookError, PoolError};
 use crate::manager::{Manager, Metrics};
 use crate::runtime::{BoxFuture, Runtime};
-use crate::shared::{Acquired, Entry, Mark, Shared, Unprepared, WaitFor, maintenance_task};
+use crate::shared::{
+    Acquired, Entry, Mark, Prepared, Shared, Unprepared, WaitFor, maintenance_task,
+};
 use crate::stats::{Statistics, Status};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -283,7 +285,16 @@ impl<M: Manager> Pool<M> {
                     entry
                 }
             };
-            match shared.prepare(entry, now, deadline, timeout).await {
+            let checked = match shared.prepare(entry, now) {
+                Prepared::Ready(entry) => Ok(entry),
+                Prepared::Retry => Err(Unprepared::Retry),
+                // Boxed: the check's futures are large and rarely needed, and inlining them
+                // would make every `get()` future (and every checkout) pay for their size.
+                Prepared::Check(entry) => {
+                    Box::pin(shared.check_entry(entry, now, deadline, timeout)).await
+                }
+            };
+            match checked {
                 Ok(entry) => return Ok(Pooled::new(Arc::clone(shared), entry, location)),
                 Err(Unprepared::Retry) => {
                     front = true;

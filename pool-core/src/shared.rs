@@ -323,6 +323,16 @@ pub(crate) enum Acquired<M: Manager> {
     Queued(Arc<Waiter<M>>),
 }
 
+/// What the synchronous part of preparing a connection decided.
+pub(crate) enum Prepared<M: Manager> {
+    /// Hand it out.
+    Ready(Entry<M::Connection>),
+    /// Check it first.
+    Check(Entry<M::Connection>),
+    /// It was discarded; try another.
+    Retry,
+}
+
 /// Why preparing a connection for a caller did not work out.
 pub(crate) enum Unprepared<E> {
     /// The connection was discarded; try another one.
@@ -504,17 +514,19 @@ impl<M: Manager> Shared<M> {
 
     /// Makes a connection ready for a caller: cheap checks, then (when due) the recycle
     /// hooks and `Manager::check`, bounded by the recycle timeout and the caller's deadline.
-    pub(crate) async fn prepare(
+    /// The part of preparing a connection that needs no await: the cheap checks, and whether
+    /// the slow part ([`check_entry`](Shared::check_entry)) is due. Kept apart so that the
+    /// `get()` future stays small: the check's own futures are boxed, and only when a check
+    /// really runs.
+    pub(crate) fn prepare(
         self: &Arc<Self>,
         mut entry: Entry<M::Connection>,
         now: Instant,
-        deadline: Option<Instant>,
-        wait_timeout: Option<Duration>,
-    ) -> Result<Entry<M::Connection>, Unprepared<M::Error>> {
+    ) -> Prepared<M> {
         if entry.fresh {
             entry.fresh = false;
             entry.uses += 1;
-            return Ok(entry);
+            return Prepared::Ready(entry);
         }
         let manager = &self.manager;
         let broken = catch_unwind(AssertUnwindSafe(|| {
@@ -528,15 +540,15 @@ impl<M: Manager> Shared<M> {
         .unwrap_or(Some(false));
         if let Some(server_gone) = broken {
             self.discard_in_use(entry, Removal::Broken, server_gone);
-            return Err(Unprepared::Retry);
+            return Prepared::Retry;
         }
         if entry.expired(now) {
             self.discard_in_use(entry, Removal::Lifetime, false);
-            return Err(Unprepared::Retry);
+            return Prepared::Retry;
         }
         if entry.drain_generation < self.drain_generation.load(Ordering::Acquire) {
             self.discard_in_use(entry, Removal::Retired, false);
-            return Err(Unprepared::Retry);
+            return Prepared::Retry;
         }
         let generation = self.generation.load(Ordering::Acquire);
         let due = entry.dirty
@@ -550,9 +562,22 @@ impl<M: Manager> Shared<M> {
             };
         if !due {
             entry.uses += 1;
-            return Ok(entry);
+            return Prepared::Ready(entry);
         }
+        Prepared::Check(entry)
+    }
 
+    /// Runs the recycle hooks and `Manager::check` on a connection before it is handed out,
+    /// bounded by the recycle timeout and the caller's deadline.
+    pub(crate) async fn check_entry(
+        self: &Arc<Self>,
+        entry: Entry<M::Connection>,
+        now: Instant,
+        deadline: Option<Instant>,
+        wait_timeout: Option<Duration>,
+    ) -> Result<Entry<M::Connection>, Unprepared<M::Error>> {
+        let manager = &self.manager;
+        let generation = self.generation.load(Ordering::Acquire);
         // The check borrows the connection across awaits: if the caller is cancelled half-way
         // the connection's state is unknown, so the guard discards it.
         let mut guard = Checking {
