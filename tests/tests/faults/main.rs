@@ -7,11 +7,13 @@
 //! ends on the invariants listed there (see [`finish`]).
 
 mod in_use;
+mod more;
 mod opening;
 mod waiting;
 
 /// Every scenario, under one path for the wrappers [`matrix`] stamps out.
 use in_use::*;
+use more::*;
 use opening::*;
 use waiting::*;
 
@@ -292,10 +294,14 @@ momopool_tests::matrix!(
     b3_silently_dead_idle_connections,
     c1_backend_terminated_mid_statement,
     c2_abrupt_loss_mid_statement,
+    c2_backend_killed_mid_statement,
+    c2_connection_cut_after_n_bytes,
     c3_lost_commit_reply,
     c4_idempotent_read_across_a_restart,
     c5_backend_stopped_mid_statement,
     c5_blackholed_mid_statement,
     d7_fifo_fairness,
+    f2_statements_never_cross_connections,
+    g1_reconnect_backoff_after_outage,
     g2_reconnects_do_not_stretch_and_resize_under_load,
 );

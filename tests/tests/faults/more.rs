@@ -1,0 +1,384 @@
+//! C2's other forms (a backend killed, a connection cut after N bytes), G1 through the proxy,
+//! and F2 (statements never cross connections; the no-cache mode does everything).
+
+use crate::{
+    EPSILON, admin_for, builder, finish, proxy_to, unique, via, wait_for_active, watch, within,
+};
+use futures::{StreamExt, TryStreamExt};
+use momopool::Validation;
+use momopool_pg::{Error, PgPool, Recycling};
+use momopool_tests::proxy::Kill;
+use momopool_tests::{Rt, pg};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+async fn rows(admin: &PgPool, table: &str) -> i64 {
+    admin
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// C2: `kill -9` of the backend running a statement. The server restarts every backend
+/// (crash recovery answers 57P03 for a moment); the caller gets an unknown outcome, the
+/// statement is not replayed, and the pool heals once recovery is over.
+// The destructive cluster's lock is held for the whole test on purpose: it serializes the
+// test threads (each runs its body inside its own `block_on`).
+#[allow(clippy::await_holding_lock)]
+pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
+    let server = pg::destructive();
+    let cluster = server.cluster().expect("the destructive server is ours");
+    let table = unique(&rt, "c2_kill");
+    let app = table.clone();
+    let admin = admin_for(&rt, &server, &app).await;
+    admin
+        .batch_execute(&format!(
+            // Throwaway clusters commit asynchronously; the table must survive the crash.
+            "SET synchronous_commit = on; DROP TABLE IF EXISTS {table}; \
+             CREATE TABLE {table} (x int)"
+        ))
+        .await
+        .unwrap();
+    let pool = builder(&rt, server.config(&app))
+        .min_size(1)
+        .max_size(2)
+        .configure(|b| {
+            b.wait_timeout(Duration::from_secs(10))
+                .reconnect_interval(Duration::from_millis(50))
+                .reconnect_max(Duration::from_millis(500))
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO {table} SELECT 1 FROM pg_sleep(0.5)");
+    let inserter = {
+        let (pool, insert) = (pool.clone(), insert.clone());
+        rt.spawn(async move { pool.execute_count(&insert, &[]).await })
+    };
+    let pid = wait_for_active(&rt, &admin, &app, &insert, &[]).await;
+    cluster.signal(pid as u32, "KILL").unwrap();
+    let err = within(
+        &rt,
+        Duration::from_secs(5),
+        "the killed statement",
+        inserter,
+    )
+    .await
+    .expect_err("the backend was killed mid-statement");
+    assert!(
+        err.is_outcome_unknown(),
+        "[{}] expected an unknown outcome, got {err:?}",
+        rt.name()
+    );
+
+    // Crash recovery: the pool gets back on its own; the INSERT never ran twice (it was
+    // rolled back with the crash).
+    let started = Instant::now();
+    let one: i32 = pool
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap_or_else(|e| panic!("[{}] after recovery: {e}", rt.name()))
+        .get(0);
+    assert_eq!(one, 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let admin = admin_for(&rt, &server, &app).await;
+    assert_eq!(
+        rows(&admin, &table).await,
+        0,
+        "[{}] the killed INSERT left nothing",
+        rt.name()
+    );
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// C2: the network cuts a connection after N bytes, here in the middle of a statement. The
+/// caller gets a connection-lost error (outcome unknown once sent), the statement is never
+/// replayed, and the pool heals on new connections.
+pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let table = unique(&rt, "c2_cut");
+    let app = table.clone();
+    let admin = admin_for(&rt, server, &app).await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int, filler text)"
+        ))
+        .await
+        .unwrap();
+
+    // Learn how many bytes a connection's start-up takes, then cut new connections a little
+    // after that: inside the first large statement.
+    let probe = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(1)
+        .build_eager()
+        .await
+        .unwrap();
+    let stats = proxy.stats();
+    let startup = stats.bytes_up + stats.bytes_down;
+    drop(probe);
+    proxy.cut_after_bytes(startup + 2_000);
+
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(2)
+        .configure(|b| b.wait_timeout(Duration::from_secs(5)))
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+    let filler = "x".repeat(20_000);
+    let insert = format!("INSERT INTO {table} VALUES (1, $1)");
+    let started = Instant::now();
+    let err = within(
+        &rt,
+        Duration::from_secs(3),
+        "the cut statement",
+        pool.execute_count(&insert, &[&filler]),
+    )
+    .await
+    .expect_err("the connection was cut mid-statement");
+    assert!(started.elapsed() < Duration::from_secs(1) + EPSILON);
+    assert!(
+        err.is_outcome_unknown() || err.is_connection_lost(),
+        "[{}] expected a lost connection, got {err:?}",
+        rt.name()
+    );
+    rt.sleep(Duration::from_millis(300)).await;
+    assert!(rows(&admin, &table).await <= 1, "[{}] replayed", rt.name());
+
+    proxy.pass();
+    pool.execute_count(&insert, &[&"healed"]).await.unwrap();
+    finish(&rt, &pool, &admin, &app, seen).await;
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// G1: the server refuses connections for 3 s under 200 callers on max 20. Connect attempts
+/// back off (one probe at a time), connects in flight never exceed `max_connecting`, and
+/// after recovery every caller is served without a 20-wide burst of connects.
+pub(crate) async fn g1_reconnect_backoff_after_outage(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "g1");
+    let admin = admin_for(&rt, server, &app).await;
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(2)
+        .max_size(20)
+        .configure(|b| {
+            b.max_connecting(4)
+                .wait_timeout(Duration::from_secs(10))
+                .reconnect_interval(Duration::from_millis(100))
+                .reconnect_max(Duration::from_secs(1))
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+    let errors_before = pool.inner().statistics().create_errors;
+
+    proxy.refuse();
+    proxy.kill_all(Kill::Fin);
+    let outage = Instant::now();
+    let served = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..200)
+        .map(|_| {
+            let (pool, served) = (pool.clone(), served.clone());
+            rt.spawn(async move {
+                let result = pool.query_one("SELECT 1", &[]).await;
+                if result.is_ok() {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                result.map(drop)
+            })
+        })
+        .collect();
+    rt.sleep(Duration::from_secs(3).saturating_sub(outage.elapsed()))
+        .await;
+    let attempts = pool.inner().statistics().create_errors - errors_before;
+    assert!(
+        (2..=15).contains(&attempts),
+        "[{}] {attempts} connect attempts in a 3 s outage: backoff",
+        rt.name()
+    );
+    let before = proxy.stats();
+    proxy.pass();
+    for caller in callers {
+        within(
+            &rt,
+            Duration::from_secs(10),
+            "a caller after recovery",
+            caller,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("[{}] a caller failed: {e}", rt.name()));
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 200);
+    let after = proxy.stats();
+    assert!(
+        after.max_connecting <= 4,
+        "[{}] {} connects in flight at once",
+        rt.name(),
+        after.max_connecting
+    );
+    let opened = after.opened - before.opened;
+    assert!(opened <= 20, "[{}] {opened} connections opened", rt.name());
+    finish(&rt, &pool, &admin, &app, seen).await;
+}
+
+/// F2: prepared statements belong to their connection. A statement cached on a connection
+/// that died is never sent on its replacement; Clean recycling keeps the cache valid; and the
+/// no-cache (unnamed statement) mode runs every kind of call without leaving a named
+/// statement behind.
+pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "f2");
+    let admin = admin_for(&rt, server, &app).await;
+
+    let pool = builder(&rt, server.config(&app))
+        .min_size(1)
+        .max_size(1)
+        .build_eager()
+        .await
+        .unwrap();
+    let statement = "SELECT $1::int + 1";
+    let old: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        pool.query_one(statement, &[&1i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap();
+    rt.sleep(Duration::from_millis(200)).await;
+    // A fresh connection: the cached statement of the dead one must not be reused.
+    assert_eq!(
+        pool.query_one(statement, &[&2i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        3
+    );
+    let new: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(new, old);
+
+    // Clean recycling resets the session but keeps prepared statements, and the cache with
+    // them: the cached statement still works after every reset.
+    let clean = builder(&rt, server.config(&app).recycling(Recycling::Clean))
+        .min_size(1)
+        .max_size(1)
+        .configure(|b| b.validation(Validation::Always))
+        .build_eager()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            clean
+                .query_one(statement, &[&i])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            i + 1
+        );
+    }
+
+    // The no-cache mode through every kind of call.
+    let table = unique(&rt, "f2_nocache");
+    let unnamed = builder(&rt, server.config(&app).unnamed_statements(true))
+        .min_size(1)
+        .max_size(1)
+        .build_eager()
+        .await
+        .unwrap();
+    unnamed
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+        ))
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES ($1)");
+    assert_eq!(unnamed.execute_count(&insert, &[&1i32]).await.unwrap(), 1);
+    assert!(
+        unnamed
+            .query_opt("SELECT 1 WHERE false", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    unnamed
+        .transaction(&[(insert.as_str(), &[&2i32]), (insert.as_str(), &[&3i32])])
+        .await
+        .unwrap();
+    let insert2 = insert.clone();
+    unnamed
+        .transaction_with(move |tx| {
+            let insert = insert2.clone();
+            Box::pin(async move { tx.execute(&insert, &[&4i32]).await.map(drop) })
+        })
+        .await
+        .unwrap();
+    let rendered = unnamed.mogrify(&insert, &[&5i32]).await.unwrap();
+    assert!(rendered.contains("'5'::integer"), "{rendered}");
+    let rows = unnamed
+        .callproc("generate_series", &[&1i32, &3i32])
+        .await
+        .map(|r| r.len());
+    // Overloaded: the server cannot tell int from bigint without a cast, in either mode.
+    assert!(rows.is_ok() || matches!(rows, Err(Error::Postgres(_))));
+    let mut conn = unnamed.get().await.unwrap();
+    let all: Vec<_> = conn
+        .cursor(&format!("SELECT x FROM {table} ORDER BY x"), &[], 2)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    // Rows keep their statement (for the column descriptions); it closes with the last one.
+    drop(all);
+    drop(conn);
+    let mut listener = unnamed.listen(&table).await.unwrap();
+    unnamed
+        .execute("SELECT pg_notify($1, 'f2')", &[&table])
+        .await
+        .unwrap();
+    let note = rt.timeout(Duration::from_secs(5), listener.next()).await;
+    assert_eq!(
+        note.flatten().map(|n| n.payload().to_string()).as_deref(),
+        Some("f2")
+    );
+    let prepared: Vec<String> = unnamed
+        .execute("SELECT statement FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        prepared.is_empty(),
+        "[{}] named statements left behind: {prepared:?}",
+        rt.name()
+    );
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
