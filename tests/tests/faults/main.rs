@@ -291,6 +291,7 @@ momopool_tests::matrix!(
     a4_slow_connects_under_a_burst,
     a5_too_many_connections,
     a6_rejected_by_pg_hba_or_unknown_database,
+    b2_immediate_restart_under_query_loop,
     b3_silently_dead_idle_connections,
     c1_backend_terminated_mid_statement,
     c2_abrupt_loss_mid_statement,
@@ -303,5 +304,6 @@ momopool_tests::matrix!(
     d7_fifo_fairness,
     f2_statements_never_cross_connections,
     g1_reconnect_backoff_after_outage,
+    idle_session_timeout_closes_idle_connections,
     g2_reconnects_do_not_stretch_and_resize_under_load,
 );

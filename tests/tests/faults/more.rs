@@ -382,3 +382,127 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         .await
         .unwrap();
 }
+
+/// B2 with `pg_ctl restart -m immediate`: the server stops without a clean shutdown and runs
+/// crash recovery when it starts again. Under a query loop, errors are confined to the
+/// restart; the first call once the server is back succeeds.
+#[allow(clippy::await_holding_lock)]
+pub(crate) async fn b2_immediate_restart_under_query_loop(rt: Rt) {
+    use momopool_pg::CallOptions;
+    use momopool_pg::throwaway::StopMode;
+    use std::sync::atomic::AtomicBool;
+    let server = pg::destructive();
+    let cluster = server.cluster().expect("the destructive server is ours");
+    let app = unique(&rt, "b2_immediate");
+    let pool = builder(&rt, server.config(&app))
+        .min_size(2)
+        .max_size(4)
+        .configure(|b| {
+            b.reconnect_interval(Duration::from_millis(50))
+                .reconnect_max(Duration::from_millis(500))
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed_after = Arc::new(AtomicUsize::new(0));
+    let back = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, stop, failed_after, back) = (
+                pool.clone(),
+                stop.clone(),
+                failed_after.clone(),
+                back.clone(),
+            );
+            let rt2 = rt.clone();
+            rt.spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let calls = pool.with(CallOptions::new().timeout(Duration::from_secs(5)));
+                    let result = calls.query_one("SELECT 1", &[]).await;
+                    // Errors are expected while the server restarts, not once it is back
+                    // (allowing the statements already in flight at that moment).
+                    if result.is_err() && back.load(Ordering::SeqCst) {
+                        failed_after.fetch_add(1, Ordering::SeqCst);
+                    }
+                    rt2.sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    rt.sleep(Duration::from_millis(200)).await;
+    let mut child = cluster.restart_in_background(StopMode::Immediate).unwrap();
+    while child.try_wait().unwrap().is_none() {
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    // The first call after the server is back succeeds: no stale connection handed out.
+    let first = pool.query_one("SELECT 1", &[]).await;
+    assert!(
+        first.is_ok(),
+        "[{}] first call after restart: {:?}",
+        rt.name(),
+        first.err()
+    );
+    rt.sleep(Duration::from_millis(200)).await;
+    back.store(true, Ordering::SeqCst);
+    rt.sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::SeqCst);
+    for task in loops {
+        task.await;
+    }
+    assert_eq!(
+        failed_after.load(Ordering::SeqCst),
+        0,
+        "[{}] no errors once the server is back",
+        rt.name()
+    );
+    let status = pool.inner().status();
+    assert!(status.size >= 2 && status.size <= 4, "{status:?}");
+}
+
+/// The server closes sessions idle longer than `idle_session_timeout` (FATAL 57P05). The pool
+/// notices on its own and no caller sees an error.
+pub(crate) async fn idle_session_timeout_closes_idle_connections(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "idle_session");
+    let config = server
+        .config(&app)
+        .session(["SET idle_session_timeout = '200ms'"]);
+    let pool = builder(&rt, config)
+        .min_size(2)
+        .max_size(4)
+        .configure(|b| b.validation(Validation::Never))
+        .build_eager()
+        .await
+        .unwrap();
+    pool.inner().warm_up().await.unwrap();
+    let before: Vec<i32> = pool
+        .execute("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Longer than the server's idle timeout: every idle session is closed by the server.
+    rt.sleep(Duration::from_millis(700)).await;
+    let results =
+        futures::future::join_all((0..4).map(|_| pool.query_one("SELECT pg_backend_pid()", &[])))
+            .await;
+    for result in results {
+        let row = result.unwrap_or_else(|e| panic!("[{}] a caller saw: {e}", rt.name()));
+        assert!(
+            !before.contains(&row.get::<_, i32>(0)),
+            "a closed session was reused"
+        );
+    }
+    let closed = pool
+        .inner()
+        .statistics()
+        .closed
+        .get(momopool::Removal::Broken);
+    assert!(
+        closed >= 2,
+        "[{}] {closed} closed sessions noticed",
+        rt.name()
+    );
+}
