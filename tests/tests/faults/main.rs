@@ -300,6 +300,7 @@ momopool_tests::matrix!(
     c3_lost_commit_reply,
     c4_idempotent_read_across_a_restart,
     c5_backend_stopped_mid_statement,
+    c5_blocked_by_a_lock,
     c5_blackholed_mid_statement,
     d7_fifo_fairness,
     f2_statements_never_cross_connections,

@@ -506,3 +506,96 @@ pub(crate) async fn idle_session_timeout_closes_idle_connections(rt: Rt) {
         rt.name()
     );
 }
+
+/// C5 with a lock: another session holds a row lock, so the statement waits on the server.
+/// With a 300 ms deadline the caller is freed on time, the cancel request ends the waiting
+/// statement on the server, and the slot is freed.
+pub(crate) async fn c5_blocked_by_a_lock(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "c5_lock");
+    let app = table.clone();
+    let admin = admin_for(&rt, server, &app).await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, n int); \
+             INSERT INTO {table} VALUES (1, 0)"
+        ))
+        .await
+        .unwrap();
+    let pool = builder(&rt, server.config(&app))
+        .min_size(1)
+        .max_size(2)
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+
+    // The other session takes the lock and keeps it.
+    let mut holder = momopool_pg::Connection::connect_with(
+        server.config(&format!("{app}_holder")),
+        rt.pg_runtime(),
+    )
+    .await
+    .unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM {table} WHERE id = 1 FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+
+    let update = format!("UPDATE {table} SET n = n + 1 WHERE id = 1");
+    let started = Instant::now();
+    let err = pool
+        .with(momopool_pg::CallOptions::new().timeout(Duration::from_millis(300)))
+        .execute_count(&update, &[])
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_timeout() && err.is_outcome_unknown(), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took <= Duration::from_millis(300) + EPSILON,
+        "[{}] took {took:?}",
+        rt.name()
+    );
+    // The cancel request (sent in the background once the caller is freed) ends the waiting
+    // UPDATE: the server stops running it, and once the lock is released it does not run
+    // after all.
+    let cancelled = Instant::now();
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND query LIKE 'UPDATE%' AND state = 'active'",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(3),
+            "[{}] the UPDATE still waits: no cancel arrived",
+            rt.name()
+        );
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    drop(holder);
+    rt.sleep(Duration::from_millis(300)).await;
+    let n: i32 = admin
+        .query_one(&format!("SELECT n FROM {table} WHERE id = 1"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "[{}] the cancelled UPDATE ran", rt.name());
+    let status = pool.inner().status();
+    assert_eq!(status.in_use, 0, "the slot is freed: {status:?}");
+    finish(&rt, &pool, &admin, &app, seen).await;
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
