@@ -121,6 +121,26 @@ impl<E: std::error::Error + 'static> std::error::Error for PoolError<E> {
 
 impl<E> PoolError<E> {
     /// Whether this is a [`PoolError::Timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, PoolError, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let _held = pool.get().await.unwrap();
+    ///     let err = pool.get_timeout(Duration::from_millis(20)).await.unwrap_err();
+    ///     assert!(err.is_timeout());
+    /// });
+    /// assert!(!PoolError::<std::io::Error>::Closed.is_timeout());
+    /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(self, PoolError::Timeout(_))
     }
@@ -128,6 +148,42 @@ impl<E> PoolError<E> {
     /// The backend error behind this one, if any: the error itself for
     /// [`PoolError::Backend`] and hook errors that wrap one, or the last backend error
     /// carried by a timeout or an [`PoolError::Unavailable`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::PoolError;
+    /// use std::io::{Error, ErrorKind};
+    /// use std::sync::Arc;
+    ///
+    /// let refused = Error::new(ErrorKind::ConnectionRefused, "connection refused");
+    /// let err = PoolError::Backend(Arc::new(refused));
+    /// assert_eq!(err.backend().map(Error::kind), Some(ErrorKind::ConnectionRefused));
+    ///
+    /// // Errors that did not come from the backend have none.
+    /// assert!(PoolError::<Error>::Closed.backend().is_none());
+    /// ```
+    ///
+    /// A timeout looks through to the connect error that kept the pool from connecting:
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Down;
+    /// # impl Manager for Down {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> {
+    /// #         Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"))
+    /// #     }
+    /// # }
+    /// // `Down` is a manager whose `create` always fails with "connection refused".
+    /// let pool = Pool::builder(Down).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// let err = futures::executor::block_on(pool.get_timeout(Duration::from_millis(250)))
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// assert_eq!(err.backend().unwrap().kind(), std::io::ErrorKind::ConnectionRefused);
+    /// ```
     pub fn backend(&self) -> Option<&E> {
         match self {
             PoolError::Backend(e) => Some(e),
@@ -143,6 +199,15 @@ impl<E> PoolError<E> {
 }
 
 /// The phases of getting a connection, as named by timeouts and panics.
+///
+/// # Examples
+///
+/// ```
+/// use momopool::Phase;
+///
+/// assert_eq!(Phase::Create.to_string(), "create");
+/// assert_ne!(Phase::Wait, Phase::Recycle);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Phase {
@@ -166,6 +231,34 @@ impl fmt::Display for Phase {
 
 /// A deadline passed; says in which [`Phase`] and carries the last backend error, so a down
 /// server never shows up as a bare "timed out".
+///
+/// # Examples
+///
+/// ```
+/// use momopool::{Manager, Phase, Pool, PoolError, ThreadRuntime};
+/// use std::time::Duration;
+///
+/// /// A backend that is down: every connect fails.
+/// #[derive(Debug)]
+/// struct Down;
+///
+/// impl Manager for Down {
+///     type Connection = u64;
+///     type Error = std::io::Error;
+///     async fn create(&self) -> Result<u64, std::io::Error> {
+///         Err(std::io::Error::other("connection refused"))
+///     }
+/// }
+///
+/// let pool = Pool::builder(Down).min_size(0).runtime(ThreadRuntime).build().unwrap();
+/// let err = futures::executor::block_on(pool.get_timeout(Duration::from_millis(250)))
+///     .unwrap_err();
+/// let PoolError::Timeout(timeout) = &err else {
+///     panic!("expected a timeout, got {err}");
+/// };
+/// assert_eq!(timeout.phase(), Phase::Create);
+/// assert!(err.to_string().contains("connection refused"));
+/// ```
 #[derive(Debug)]
 pub struct TimeoutError<E> {
     pub(crate) phase: Phase,
@@ -186,17 +279,86 @@ impl<E> Clone for TimeoutError<E> {
 impl<E> TimeoutError<E> {
     /// What the pool was doing for the caller when time ran out: waiting for a busy
     /// connection, opening a new one, or checking an idle one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Phase, Pool, PoolError, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let _held = pool.get().await.unwrap();
+    ///     // The only connection is busy and the pool may not open another one.
+    ///     match pool.get_timeout(Duration::from_millis(20)).await {
+    ///         Err(PoolError::Timeout(timeout)) => assert_eq!(timeout.phase(), Phase::Wait),
+    ///         other => panic!("expected a timeout, got {other:?}"),
+    ///     }
+    /// });
+    /// ```
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
     /// The time limit that passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, PoolError, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Down;
+    /// # impl Manager for Down {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> {
+    /// #         Err(std::io::Error::other("connection refused"))
+    /// #     }
+    /// # }
+    /// # let pool = Pool::builder(Down).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// // `Down` is a manager whose `create` always fails, so no connection ever comes.
+    /// let limit = Duration::from_millis(50);
+    /// match futures::executor::block_on(pool.get_timeout(limit)) {
+    ///     Err(PoolError::Timeout(timeout)) => assert_eq!(timeout.after(), limit),
+    ///     other => panic!("expected a timeout, got {other:?}"),
+    /// }
+    /// ```
     pub fn after(&self) -> Duration {
         self.after
     }
 
     /// The most recent error on the way, such as the connect error that kept the pool from
     /// opening a connection.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, PoolError, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Down;
+    /// # impl Manager for Down {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> {
+    /// #         Err(std::io::Error::other("connection refused"))
+    /// #     }
+    /// # }
+    /// # let pool = Pool::builder(Down).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// // `Down` is a manager whose `create` always fails with "connection refused".
+    /// match futures::executor::block_on(pool.get_timeout(Duration::from_millis(250))) {
+    ///     Err(PoolError::Timeout(timeout)) => {
+    ///         let last = timeout.last_error().expect("the connect error");
+    ///         assert!(matches!(last, PoolError::Backend(_)));
+    ///         assert_eq!(last.to_string(), "backend error: connection refused");
+    ///     }
+    ///     other => panic!("expected a timeout, got {other:?}"),
+    /// }
+    /// ```
     pub fn last_error(&self) -> Option<&PoolError<E>> {
         self.last_error.as_deref()
     }
@@ -273,11 +435,31 @@ impl BuildError {
     }
 
     /// The setting that is wrong.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::PoolConfig;
+    ///
+    /// let config = PoolConfig { max_connecting: 0, ..PoolConfig::default() };
+    /// assert_eq!(config.validate().unwrap_err().field(), "max_connecting");
+    /// ```
     pub fn field(&self) -> &'static str {
         self.field
     }
 
     /// Why it is wrong.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::PoolConfig;
+    ///
+    /// let config = PoolConfig { max_size: 0, ..PoolConfig::default() };
+    /// let err = config.validate().unwrap_err();
+    /// assert_eq!(err.reason(), "must be at least 1");
+    /// assert_eq!(err.to_string(), "invalid setting `max_size`: must be at least 1");
+    /// ```
     pub fn reason(&self) -> &str {
         &self.reason
     }

@@ -45,6 +45,27 @@ pub trait Manager: Send + Sync + 'static {
     ///
     /// The pool bounds it with the create timeout and runs it in a task of its own, so a caller
     /// that stops waiting does not abort a connect half-way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::Manager;
+    ///
+    /// #[derive(Debug)]
+    /// struct Greeter;
+    ///
+    /// impl Manager for Greeter {
+    ///     type Connection = String;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<String, std::io::Error> {
+    ///         Ok("hello".to_string()) // a real manager opens a socket here
+    ///     }
+    /// }
+    ///
+    /// let conn = futures::executor::block_on(Greeter.create()).unwrap();
+    /// assert_eq!(conn, "hello");
+    /// ```
     fn create(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
 
     /// Checks that an idle connection still works before it is handed out again.
@@ -53,6 +74,52 @@ pub trait Manager: Send + Sync + 'static {
     /// connection was marked by [`needs_check`](Manager::needs_check), or when a "server gone"
     /// error made the pool distrust every older connection. An error discards the connection
     /// and the caller is served with another one. The default does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Metrics, Pool, Removal, ThreadRuntime, Validation};
+    /// use std::io::{Error, ErrorKind};
+    ///
+    /// #[derive(Debug)]
+    /// struct Link {
+    ///     server_alive: bool,
+    /// }
+    ///
+    /// #[derive(Debug)]
+    /// struct Pinged;
+    ///
+    /// impl Manager for Pinged {
+    ///     type Connection = Link;
+    ///     type Error = Error;
+    ///
+    ///     async fn create(&self) -> Result<Link, Error> {
+    ///         Ok(Link { server_alive: true })
+    ///     }
+    ///
+    ///     async fn check(&self, conn: &mut Link, _metrics: &Metrics) -> Result<(), Error> {
+    ///         // A real check sends a ping and waits for the answer.
+    ///         if conn.server_alive {
+    ///             Ok(())
+    ///         } else {
+    ///             Err(Error::new(ErrorKind::BrokenPipe, "ping failed"))
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Pinged)
+    ///     .max_size(1)
+    ///     .validation(Validation::Always)
+    ///     .runtime(ThreadRuntime)
+    ///     .build()
+    ///     .unwrap();
+    /// futures::executor::block_on(async {
+    ///     pool.get().await.unwrap().server_alive = false; // cut off while idle
+    ///     // The check finds out, so the caller gets a new connection instead.
+    ///     assert!(pool.get().await.unwrap().server_alive);
+    /// });
+    /// assert_eq!(pool.statistics().closed.get(Removal::FailedCheck), 1);
+    /// ```
     fn check(
         &self,
         conn: &mut Self::Connection,
@@ -64,6 +131,40 @@ pub trait Manager: Send + Sync + 'static {
 
     /// A cheap, synchronous look at a connection, when it comes back to the pool and before it
     /// is handed out again: `true` discards it. The default says `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Pool, Removal, ThreadRuntime};
+    ///
+    /// #[derive(Debug)]
+    /// struct Link {
+    ///     closed: bool,
+    /// }
+    ///
+    /// #[derive(Debug)]
+    /// struct Links;
+    ///
+    /// impl Manager for Links {
+    ///     type Connection = Link;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<Link, std::io::Error> {
+    ///         Ok(Link { closed: false })
+    ///     }
+    ///
+    ///     fn is_broken(&self, conn: &mut Link) -> bool {
+    ///         conn.closed
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Links).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let mut conn = pool.get().await.unwrap();
+    ///     conn.closed = true; // say the peer hung up
+    /// });
+    /// assert_eq!(pool.statistics().closed.get(Removal::Broken), 1);
+    /// ```
     fn is_broken(&self, conn: &mut Self::Connection) -> bool {
         let _ = conn;
         false
@@ -74,6 +175,50 @@ pub trait Manager: Send + Sync + 'static {
     /// says: it carries state to clear (an open transaction, for example) or shows signs of
     /// trouble worth a round trip. Must be cheap and must not block. The default says
     /// `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Metrics, Pool, ThreadRuntime, Validation};
+    ///
+    /// #[derive(Debug)]
+    /// struct Session {
+    ///     in_transaction: bool,
+    /// }
+    ///
+    /// #[derive(Debug)]
+    /// struct Sessions;
+    ///
+    /// impl Manager for Sessions {
+    ///     type Connection = Session;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<Session, std::io::Error> {
+    ///         Ok(Session { in_transaction: false })
+    ///     }
+    ///
+    ///     fn needs_check(&self, conn: &mut Session) -> bool {
+    ///         conn.in_transaction
+    ///     }
+    ///
+    ///     async fn check(&self, conn: &mut Session, _: &Metrics) -> Result<(), std::io::Error> {
+    ///         conn.in_transaction = false; // a real manager sends ROLLBACK
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Sessions)
+    ///     .max_size(1)
+    ///     .validation(Validation::Never)
+    ///     .runtime(ThreadRuntime)
+    ///     .build()
+    ///     .unwrap();
+    /// futures::executor::block_on(async {
+    ///     pool.get().await.unwrap().in_transaction = true; // returned mid-transaction
+    ///     assert!(!pool.get().await.unwrap().in_transaction);
+    /// });
+    /// assert_eq!(pool.statistics().checks, 1);
+    /// ```
     fn needs_check(&self, conn: &mut Self::Connection) -> bool {
         let _ = conn;
         false
@@ -83,6 +228,45 @@ pub trait Manager: Send + Sync + 'static {
     /// `true` means it died because the server went away (a restart, a failover), so every
     /// older connection is probably dead too and the pool checks each one before reusing it.
     /// The default says `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Pool, ThreadRuntime};
+    ///
+    /// #[derive(Debug)]
+    /// enum State {
+    ///     Open,
+    ///     ResetByPeer,
+    /// }
+    ///
+    /// #[derive(Debug)]
+    /// struct Links;
+    ///
+    /// impl Manager for Links {
+    ///     type Connection = State;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<State, std::io::Error> {
+    ///         Ok(State::Open)
+    ///     }
+    ///
+    ///     fn is_broken(&self, conn: &mut State) -> bool {
+    ///         !matches!(conn, State::Open)
+    ///     }
+    ///
+    ///     fn is_server_gone(&self, conn: &mut State) -> bool {
+    ///         matches!(conn, State::ResetByPeer)
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Links).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     *pool.get().await.unwrap() = State::ResetByPeer;
+    /// });
+    /// // Every older connection is now checked before it is reused.
+    /// assert_eq!(pool.statistics().revalidations, 1);
+    /// ```
     fn is_server_gone(&self, conn: &mut Self::Connection) -> bool {
         let _ = conn;
         false
@@ -94,6 +278,37 @@ pub trait Manager: Send + Sync + 'static {
     /// waiting caller at once on a permanent one (a wrong password will not fix itself), and
     /// after a server-gone error checks every older connection before reuse. The default says
     /// [`ErrorClass::Transient`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{ErrorClass, Manager};
+    /// use std::io::{Error, ErrorKind};
+    ///
+    /// #[derive(Debug)]
+    /// struct Remote;
+    ///
+    /// impl Manager for Remote {
+    ///     type Connection = u64;
+    ///     type Error = Error;
+    ///
+    ///     async fn create(&self) -> Result<u64, Error> {
+    ///         Ok(1)
+    ///     }
+    ///
+    ///     fn classify(&self, error: &Error) -> ErrorClass {
+    ///         match error.kind() {
+    ///             ErrorKind::PermissionDenied => ErrorClass::Permanent,
+    ///             ErrorKind::ConnectionReset => ErrorClass::ServerGone,
+    ///             _ => ErrorClass::Transient,
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let denied = Error::from(ErrorKind::PermissionDenied);
+    /// assert_eq!(Remote.classify(&denied), ErrorClass::Permanent);
+    /// assert_eq!(Remote.classify(&Error::from(ErrorKind::TimedOut)), ErrorClass::Transient);
+    /// ```
     fn classify(&self, error: &Self::Error) -> ErrorClass {
         let _ = error;
         ErrorClass::Transient
@@ -101,12 +316,78 @@ pub trait Manager: Send + Sync + 'static {
 
     /// Told when a connection leaves the pool for good, just before it is dropped (or handed
     /// to the caller, for [`Removal::Detached`]). The default does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Pool, Removal, ThreadRuntime};
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// #[derive(Debug, Default)]
+    /// struct Counted {
+    ///     closed: AtomicUsize,
+    /// }
+    ///
+    /// impl Manager for Counted {
+    ///     type Connection = u64;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<u64, std::io::Error> {
+    ///         Ok(1)
+    ///     }
+    ///
+    ///     fn removed(&self, _conn: &mut u64, reason: Removal) {
+    ///         if reason != Removal::Detached {
+    ///             self.closed.fetch_add(1, Ordering::Relaxed); // a real manager closes the socket
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Counted::default()).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(pool.warm_up()).unwrap();
+    /// pool.close();
+    /// assert_eq!(pool.manager().closed.load(Ordering::Relaxed), 1);
+    /// ```
     fn removed(&self, conn: &mut Self::Connection, reason: Removal) {
         let _ = (conn, reason);
     }
 }
 
 /// How the pool should treat a backend error; see [`Manager::classify`].
+///
+/// # Examples
+///
+/// ```
+/// use momopool::{ErrorClass, Manager, Pool, ThreadRuntime};
+/// use std::io::{Error, ErrorKind};
+///
+/// #[derive(Debug)]
+/// struct Guarded;
+///
+/// impl Manager for Guarded {
+///     type Connection = u64;
+///     type Error = Error;
+///
+///     async fn create(&self) -> Result<u64, Error> {
+///         Err(Error::new(ErrorKind::PermissionDenied, "password authentication failed"))
+///     }
+///
+///     fn classify(&self, error: &Error) -> ErrorClass {
+///         match error.kind() {
+///             ErrorKind::PermissionDenied => ErrorClass::Permanent,
+///             ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => ErrorClass::ServerGone,
+///             _ => ErrorClass::Transient,
+///         }
+///     }
+/// }
+///
+/// // A permanent error reaches the caller at once instead of being retried until the
+/// // deadline.
+/// let pool = Pool::builder(Guarded).min_size(0).runtime(ThreadRuntime).build().unwrap();
+/// let err = futures::executor::block_on(pool.get()).unwrap_err();
+/// assert!(!err.is_timeout());
+/// assert_eq!(err.backend().unwrap().kind(), ErrorKind::PermissionDenied);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorClass {
@@ -121,6 +402,36 @@ pub enum ErrorClass {
 
 /// Why a connection left the pool; passed to [`Manager::removed`] and counted in
 /// [`Statistics::closed`](crate::Statistics::closed).
+///
+/// # Examples
+///
+/// ```
+/// use momopool::{Manager, Pool, Removal, ThreadRuntime};
+/// use std::sync::Mutex;
+///
+/// /// Remembers why each connection left.
+/// #[derive(Debug, Default)]
+/// struct Recorded(Mutex<Vec<Removal>>);
+///
+/// impl Manager for Recorded {
+///     type Connection = u64;
+///     type Error = std::io::Error;
+///
+///     async fn create(&self) -> Result<u64, std::io::Error> {
+///         Ok(1)
+///     }
+///
+///     fn removed(&self, _conn: &mut u64, reason: Removal) {
+///         self.0.lock().unwrap().push(reason);
+///     }
+/// }
+///
+/// let pool = Pool::builder(Recorded::default()).runtime(ThreadRuntime).build().unwrap();
+/// futures::executor::block_on(pool.warm_up()).unwrap();
+/// pool.drain();
+/// assert_eq!(*pool.manager().0.lock().unwrap(), [Removal::Retired]);
+/// assert_eq!(pool.statistics().closed.get(Removal::Retired), 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Removal {
@@ -180,32 +491,157 @@ pub struct Metrics {
 
 impl Metrics {
     /// A number unique to this connection within its pool, in creation order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # use std::time::{Duration, Instant};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let first = pool.get().await.unwrap();
+    ///     let second = pool.get().await.unwrap();
+    ///     let (a, b) = (Pooled::metrics(&first).id(), Pooled::metrics(&second).id());
+    ///     assert_ne!(a, b);
+    /// });
+    /// ```
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// When the connection was created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # use std::time::{Duration, Instant};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// let before = Instant::now();
+    /// futures::executor::block_on(async {
+    ///     let conn = pool.get().await.unwrap();
+    ///     let created = Pooled::metrics(&conn).created();
+    ///     assert!(before <= created && created <= Instant::now());
+    /// });
+    /// ```
     pub fn created(&self) -> Instant {
         self.created
     }
 
     /// When the connection was last returned to the pool (its creation time if it was never
     /// used).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # use std::time::{Duration, Instant};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let conn = pool.get().await.unwrap();
+    ///     let metrics = Pooled::metrics(&conn);
+    ///     assert_eq!(metrics.last_used(), metrics.created()); // never returned yet
+    ///     std::thread::sleep(Duration::from_millis(5));
+    ///     drop(conn);
+    ///
+    ///     let again = pool.get().await.unwrap();
+    ///     let metrics = Pooled::metrics(&again);
+    ///     assert!(metrics.last_used() >= metrics.created() + Duration::from_millis(5));
+    /// });
+    /// ```
     pub fn last_used(&self) -> Instant {
         self.last_used
     }
 
     /// How many times the connection has been handed out so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # use std::time::{Duration, Instant};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     for round in 1..=3 {
+    ///         let conn = pool.get().await.unwrap();
+    ///         assert_eq!(Pooled::metrics(&conn).times_used(), round);
+    ///     }
+    /// });
+    /// ```
     pub fn times_used(&self) -> u64 {
         self.times_used
     }
 
     /// How long the connection has existed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # use std::time::{Duration, Instant};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let conn = pool.get().await.unwrap();
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     assert!(Pooled::metrics(&conn).age() >= Duration::from_millis(10));
+    /// });
+    /// ```
     pub fn age(&self) -> Duration {
         self.created.elapsed()
     }
 
     /// How long since the connection was last returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # use std::time::{Duration, Instant};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     drop(pool.get().await.unwrap());
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     // The idle time is measured when asked: it covers the 10 ms in the pool.
+    ///     let conn = pool.get().await.unwrap();
+    ///     assert!(Pooled::metrics(&conn).idle_for() >= Duration::from_millis(10));
+    /// });
+    /// ```
     pub fn idle_for(&self) -> Duration {
         self.last_used.elapsed()
     }

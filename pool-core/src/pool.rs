@@ -627,7 +627,24 @@ impl<M: Manager> Pool<M> {
     ///
     /// # Examples
     ///
-    /// See [`suspend`](Pool::suspend).
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).runtime(ThreadRuntime).build().unwrap();
+    /// pool.suspend();
+    /// futures::executor::block_on(async {
+    ///     let mut waiting = std::pin::pin!(pool.get());
+    ///     assert!(futures::poll!(waiting.as_mut()).is_pending()); // queued while suspended
+    ///     pool.resume();
+    ///     assert_eq!(*waiting.await.unwrap(), 7);
+    /// });
+    /// assert!(!pool.is_suspended());
+    /// ```
     pub fn resume(&self) {
         self.shared.set_suspended(false);
     }
@@ -717,8 +734,6 @@ macro_rules! optional_setters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         $(
             $(#[$doc])*
-            ///
-            /// Takes a `Duration`, or `None` for no limit.
             pub fn $name(mut self, value: impl Into<Option<Duration>>) -> Self {
                 self.config.$name = value.into();
                 self
@@ -752,18 +767,78 @@ macro_rules! hook_setters {
 
 impl<M: Manager> PoolBuilder<M> {
     /// Replaces every setting with `config` (hooks and runtime are kept).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, PoolConfig, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # use std::time::Duration;
+    /// let config = PoolConfig {
+    ///     max_size: 4,
+    ///     wait_timeout: Some(Duration::from_secs(1)),
+    ///     ..PoolConfig::default()
+    /// };
+    /// let pool = Pool::builder(Numbers)
+    ///     .config(config.clone())
+    ///     .runtime(ThreadRuntime)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.config(), &config);
+    /// ```
     pub fn config(mut self, config: PoolConfig) -> Self {
         self.config = config;
         self
     }
 
     /// The runtime to spawn background tasks on and to sleep with. Required.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).runtime(ThreadRuntime).build();
+    /// assert!(pool.is_ok());
+    ///
+    /// // Without a runtime the pool cannot be built.
+    /// let err = Pool::builder(Numbers).build().unwrap_err();
+    /// assert_eq!(err.field(), "runtime");
+    /// ```
     pub fn runtime(mut self, runtime: impl Runtime) -> Self {
         self.runtime = Some(Arc::new(runtime));
         self
     }
 
     /// The runtime, already shared.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Runtime, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// use std::sync::Arc;
+    ///
+    /// let runtime: Arc<dyn Runtime> = Arc::new(ThreadRuntime);
+    /// let a = Pool::builder(Numbers).shared_runtime(runtime.clone()).build().unwrap();
+    /// let b = Pool::builder(Numbers).shared_runtime(runtime.clone()).build().unwrap();
+    /// assert!(Arc::ptr_eq(a.runtime(), b.runtime()));
+    /// ```
     pub fn shared_runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
         self.runtime = Some(runtime);
         self
@@ -771,45 +846,462 @@ impl<M: Manager> PoolBuilder<M> {
 
     setters! {
         /// Connections kept open even when idle (Momoko's `size`).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers).min_size(3).runtime(ThreadRuntime).build().unwrap();
+        /// futures::executor::block_on(pool.warm_up()).unwrap();
+        /// assert_eq!(pool.status().idle, 3);
+        /// ```
         min_size: usize,
         /// The stretch limit: connections that may exist or be opening at once.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers).max_size(2).runtime(ThreadRuntime).build().unwrap();
+        /// futures::executor::block_on(async {
+        ///     let _a = pool.get().await.unwrap();
+        ///     let _b = pool.get().await.unwrap();
+        ///     // A third caller has to wait: the pool does not stretch beyond two.
+        ///     let err = pool.get_timeout(Duration::from_millis(20)).await.unwrap_err();
+        ///     assert!(err.is_timeout());
+        /// });
+        /// ```
         max_size: usize,
         /// Connects in flight at once.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .max_connecting(2)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().max_connecting, 2);
+        ///
+        /// // At least one connect must be allowed.
+        /// let err = Pool::builder(Numbers).max_connecting(0).runtime(ThreadRuntime).build();
+        /// assert_eq!(err.unwrap_err().field(), "max_connecting");
+        /// ```
         max_connecting: usize,
         /// When to check connections before reuse.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime, Validation};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .validation(Validation::Always)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// futures::executor::block_on(async {
+        ///     pool.warm_up().await.unwrap();
+        ///     drop(pool.get().await.unwrap());
+        ///     drop(pool.get().await.unwrap());
+        /// });
+        /// // Both checkouts reused the idle connection, and checked it first.
+        /// assert_eq!(pool.statistics().checks, 2);
+        /// ```
         validation: Validation,
         /// The fraction of `max_lifetime` by which a connection may retire early.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .lifetime_jitter(0.25)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().lifetime_jitter, 0.25);
+        ///
+        /// // A connection cannot retire a whole lifetime early.
+        /// let err = Pool::builder(Numbers).lifetime_jitter(1.0).runtime(ThreadRuntime).build();
+        /// assert_eq!(err.unwrap_err().field(), "lifetime_jitter");
+        /// ```
         lifetime_jitter: f64,
         /// How often the maintenance pass runs.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .maintenance_interval(Duration::from_secs(1))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().maintenance_interval, Duration::from_secs(1));
+        /// ```
         maintenance_interval: Duration,
         /// The first delay after a failed connect.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .reconnect_interval(Duration::from_millis(100))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().reconnect_interval, Duration::from_millis(100));
+        /// ```
         reconnect_interval: Duration,
         /// The longest delay between connect attempts.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .reconnect_max(Duration::from_secs(2))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().reconnect_max, Duration::from_secs(2));
+        ///
+        /// // The longest delay cannot be shorter than the first one.
+        /// let err = Pool::builder(Numbers)
+        ///     .reconnect_interval(Duration::from_secs(1))
+        ///     .reconnect_max(Duration::from_millis(500))
+        ///     .runtime(ThreadRuntime)
+        ///     .build();
+        /// assert_eq!(err.unwrap_err().field(), "reconnect_max");
+        /// ```
         reconnect_max: Duration,
         /// Which idle connection to reuse first.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, Pooled, Reuse, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .reuse(Reuse::Fifo)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// futures::executor::block_on(async {
+        ///     let first = pool.get().await.unwrap();
+        ///     let second = pool.get().await.unwrap();
+        ///     let first_id = Pooled::metrics(&first).id();
+        ///     drop(first);
+        ///     drop(second);
+        ///     // First in, first out: the connection returned first is handed out first.
+        ///     let next = pool.get().await.unwrap();
+        ///     assert_eq!(Pooled::metrics(&next).id(), first_id);
+        /// });
+        /// ```
         reuse: Reuse,
         /// Fail at once while the backend is known down or the pool is suspended.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, PoolError, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .fail_fast(true)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// pool.suspend();
+        /// let err = futures::executor::block_on(pool.get()).unwrap_err();
+        /// assert!(matches!(err, PoolError::Suspended));
+        /// ```
         fail_fast: bool,
     }
 
     optional_setters! {
         /// The default deadline of `get()`.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .max_size(1)
+        ///     .wait_timeout(Duration::from_millis(20))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// futures::executor::block_on(async {
+        ///     // An explicit deadline for this one, so it may wait for the connect.
+        ///     let _held = pool.get_timeout(Duration::from_secs(5)).await.unwrap();
+        ///     // The pool's own deadline for this one: the only connection is taken.
+        ///     assert!(pool.get().await.unwrap_err().is_timeout());
+        /// });
+        ///
+        /// // `None`: `get()` waits as long as it takes.
+        /// let patient = Pool::builder(Numbers)
+        ///     .wait_timeout(None)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(patient.config().wait_timeout, None);
+        /// ```
         wait_timeout,
         /// The deadline of one connect, `post_create` hook included.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .create_timeout(Duration::from_secs(3))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().create_timeout, Some(Duration::from_secs(3)));
+        /// ```
         create_timeout,
         /// The deadline of one check, recycle hooks included.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .recycle_timeout(Duration::from_millis(500))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().recycle_timeout, Some(Duration::from_millis(500)));
+        /// ```
         recycle_timeout,
         /// Check idle connections this idle in the background.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .keepalive_interval(Duration::from_secs(60))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().keepalive_interval, Some(Duration::from_secs(60)));
+        /// ```
         keepalive_interval,
         /// Close connections idle this long while above `min_size`.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .idle_timeout(Duration::from_secs(120))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().idle_timeout, Some(Duration::from_secs(120)));
+        ///
+        /// // `None` keeps idle connections open.
+        /// let keeping = Pool::builder(Numbers)
+        ///     .idle_timeout(None)
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(keeping.config().idle_timeout, None);
+        /// ```
         idle_timeout,
         /// Retire connections this old.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .max_lifetime(Duration::from_secs(3600))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().max_lifetime, Some(Duration::from_secs(3600)));
+        ///
+        /// // A zero lifetime makes no sense; `None` is the way to say "no limit".
+        /// let err = Pool::builder(Numbers)
+        ///     .max_lifetime(Duration::ZERO)
+        ///     .runtime(ThreadRuntime)
+        ///     .build();
+        /// assert_eq!(err.unwrap_err().field(), "max_lifetime");
+        /// ```
         max_lifetime,
         /// Report connections held longer than this.
+        ///
+        /// Takes a `Duration`, or `None` for no limit.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// # use std::time::Duration;
+        /// let pool = Pool::builder(Numbers)
+        ///     .leak_threshold(Duration::from_secs(30))
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(pool.config().leak_threshold, Some(Duration::from_secs(30)));
+        /// ```
         leak_threshold,
     }
 
     /// The most callers that may wait at once; `None` for no limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, PoolError, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers)
+    ///     .max_size(1)
+    ///     .max_waiting(0)
+    ///     .runtime(ThreadRuntime)
+    ///     .build()
+    ///     .unwrap();
+    /// futures::executor::block_on(async {
+    ///     pool.warm_up().await.unwrap(); // so that the first caller need not wait either
+    ///     let _held = pool.get().await.unwrap();
+    ///     // Nobody may wait, so a second caller is turned away at once.
+    ///     let err = pool.get().await.unwrap_err();
+    ///     assert!(matches!(err, PoolError::Busy { max_waiting: 0 }));
+    /// });
+    /// ```
     pub fn max_waiting(mut self, value: impl Into<Option<usize>>) -> Self {
         self.config.max_waiting = value.into();
         self
@@ -819,14 +1311,104 @@ impl<M: Manager> PoolBuilder<M> {
         /// Runs on every new connection before it is first handed out (Momoko's
         /// `setsession`). An error discards the connection and reaches the caller it was meant
         /// for.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .post_create(|conn, _metrics| {
+        ///         Box::pin(async move {
+        ///             *conn += 100; // e.g. set the session's time zone
+        ///             Ok(())
+        ///         })
+        ///     })
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// let conn = futures::executor::block_on(pool.get()).unwrap();
+        /// assert_eq!(*conn, 107);
+        /// ```
         post_create,
         /// Runs before [`Manager::check`] each time an idle connection is reused. Setting it
         /// makes every reuse go through the check. An error discards the connection and the
         /// caller gets another one.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// use std::sync::Arc;
+        /// use std::sync::atomic::{AtomicUsize, Ordering};
+        ///
+        /// let reuses = Arc::new(AtomicUsize::new(0));
+        /// let counter = Arc::clone(&reuses);
+        /// let pool = Pool::builder(Numbers)
+        ///     .min_size(0) // no connection before the first `get`
+        ///     .pre_recycle(move |_conn, _metrics| {
+        ///         counter.fetch_add(1, Ordering::Relaxed);
+        ///         Box::pin(async { Ok(()) })
+        ///     })
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// futures::executor::block_on(async {
+        ///     drop(pool.get().await.unwrap()); // a new connection: no recycling
+        ///     drop(pool.get().await.unwrap()); // reused: the hook runs
+        /// });
+        /// assert_eq!(reuses.load(Ordering::Relaxed), 1);
+        /// ```
         pre_recycle,
         /// Runs after a successful [`Manager::check`] each time an idle connection is reused.
         /// Setting it makes every reuse go through the check. An error discards the connection
         /// and the caller gets another one.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// # use momopool::{HookError, Manager, Pool, ThreadRuntime};
+        /// # #[derive(Debug)] struct Numbers;
+        /// # impl Manager for Numbers {
+        /// #     type Connection = u64;
+        /// #     type Error = std::io::Error;
+        /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+        /// # }
+        /// let pool = Pool::builder(Numbers)
+        ///     .min_size(0) // no connection before the first `get`
+        ///     .max_size(1)
+        ///     .post_recycle(|conn, metrics| {
+        ///         let uses = metrics.times_used();
+        ///         Box::pin(async move {
+        ///             if uses >= 2 {
+        ///                 // Refuse the connection on its second reuse: it is discarded.
+        ///                 return Err(HookError::Message("used enough".into()));
+        ///             }
+        ///             *conn += 1;
+        ///             Ok(())
+        ///         })
+        ///     })
+        ///     .runtime(ThreadRuntime)
+        ///     .build()
+        ///     .unwrap();
+        /// futures::executor::block_on(async {
+        ///     assert_eq!(*pool.get().await.unwrap(), 7); // new
+        ///     assert_eq!(*pool.get().await.unwrap(), 8); // reused once
+        ///     assert_eq!(*pool.get().await.unwrap(), 7); // replaced by a new one
+        /// });
+        /// assert_eq!(pool.statistics().created, 2);
+        /// ```
         post_recycle,
     }
 
@@ -836,6 +1418,25 @@ impl<M: Manager> PoolBuilder<M> {
     /// # Errors
     ///
     /// A [`BuildError`] naming the first invalid setting, or `runtime` when none was given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).min_size(2).runtime(ThreadRuntime).build().unwrap();
+    /// // Connections open in the background; `warm_up` waits for them.
+    /// futures::executor::block_on(pool.warm_up()).unwrap();
+    /// assert_eq!(pool.status().idle, 2);
+    ///
+    /// let err = Pool::builder(Numbers).min_size(5).max_size(2).runtime(ThreadRuntime).build();
+    /// assert_eq!(err.unwrap_err().field(), "min_size");
+    /// ```
     pub fn build(self) -> Result<Pool<M>, BuildError> {
         self.config.validate()?;
         let runtime = self
@@ -860,6 +1461,43 @@ impl<M: Manager> PoolBuilder<M> {
     /// # Cancel safety
     ///
     /// Cancelling drops the half-built pool, which closes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = futures::executor::block_on(
+    ///     Pool::builder(Numbers).min_size(2).runtime(ThreadRuntime).build_eager(),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(pool.status().idle, 2); // no waiting needed
+    /// ```
+    ///
+    /// An unreachable backend fails the build:
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # #[derive(Debug)] struct Down;
+    /// # impl Manager for Down {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> {
+    /// #         Err(std::io::Error::other("connection refused"))
+    /// #     }
+    /// # }
+    /// // `Down` is a manager whose `create` always fails.
+    /// let built = futures::executor::block_on(
+    ///     Pool::builder(Down).runtime(ThreadRuntime).build_eager(),
+    /// );
+    /// let err = built.unwrap_err();
+    /// assert_eq!(err.backend().unwrap().to_string(), "connection refused");
+    /// ```
     pub async fn build_eager(self) -> Result<Pool<M>, PoolError<M::Error>> {
         let pool = self.build().map_err(PoolError::Config)?;
         let target = pool.status().min_size.max(1);
@@ -922,7 +1560,22 @@ impl<M: Manager> Pooled<M> {
     ///
     /// # Examples
     ///
-    /// See [`Pooled`].
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let conn = pool.get().await.unwrap();
+    ///     let metrics = Pooled::metrics(&conn);
+    ///     assert_eq!(metrics.times_used(), 1);
+    ///     assert!(metrics.age() < std::time::Duration::from_secs(60));
+    /// });
+    /// ```
     pub fn metrics(this: &Self) -> Metrics {
         Self::entry(this).metrics()
     }

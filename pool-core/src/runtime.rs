@@ -12,6 +12,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// A boxed, sendable future, as the pool passes them to a [`Runtime`].
+///
+/// # Examples
+///
+/// ```
+/// use momopool::BoxFuture;
+///
+/// fn next_after(n: &u64) -> BoxFuture<'_, u64> {
+///     Box::pin(async move { *n + 1 })
+/// }
+///
+/// assert_eq!(futures::executor::block_on(next_after(&41)), 42);
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the pool needs from an async runtime: spawning detached tasks and sleeping.
@@ -53,9 +65,33 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     ///
     /// The pool never joins or cancels a spawned task: its background tasks end by themselves
     /// when their work is done or the pool is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Runtime, ThreadRuntime};
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// ThreadRuntime.spawn(Box::pin(async move {
+    ///     tx.send("done").unwrap();
+    /// }));
+    /// assert_eq!(rx.recv().unwrap(), "done");
+    /// ```
     fn spawn(&self, task: BoxFuture<'static, ()>);
 
     /// Returns a future that completes once `duration` has elapsed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Runtime, ThreadRuntime};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let runtime: &dyn Runtime = &ThreadRuntime;
+    /// let started = Instant::now();
+    /// futures::executor::block_on(runtime.sleep(Duration::from_millis(10)));
+    /// assert!(started.elapsed() >= Duration::from_millis(10));
+    /// ```
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 }
 

@@ -97,11 +97,53 @@ pub struct ClosedCounts {
 
 impl ClosedCounts {
     /// How many connections left for this reason.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, Removal, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let mut conn = pool.get().await.unwrap();
+    ///     Pooled::mark_broken(&mut conn);
+    /// });
+    /// let closed = pool.statistics().closed;
+    /// assert_eq!(closed.get(Removal::Broken), 1);
+    /// assert_eq!(closed.get(Removal::Idle), 0);
+    /// ```
     pub fn get(&self, reason: Removal) -> u64 {
         self.counts[reason.index()]
     }
 
     /// How many connections left, for any reason.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, Pooled, Removal, ThreadRuntime};
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).min_size(0).runtime(ThreadRuntime).build().unwrap();
+    /// futures::executor::block_on(async {
+    ///     let mut broken = pool.get().await.unwrap();
+    ///     Pooled::mark_broken(&mut broken);
+    ///     drop(broken);
+    ///     let _kept: u64 = Pooled::detach(pool.get().await.unwrap());
+    /// });
+    /// let closed = pool.statistics().closed;
+    /// assert_eq!(closed.get(Removal::Detached), 1);
+    /// assert_eq!(closed.total(), 2);
+    /// ```
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -131,6 +173,17 @@ pub struct WaitHistogram {
 
 impl WaitHistogram {
     /// Number of buckets: the last one starts at about 4.5 minutes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::WaitHistogram;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(WaitHistogram::default().buckets().len(), WaitHistogram::BUCKETS);
+    /// let last_starts_at = WaitHistogram::upper_bound(WaitHistogram::BUCKETS - 2);
+    /// assert!(last_starts_at > Duration::from_secs(4 * 60));
+    /// ```
     pub const BUCKETS: usize = 30;
 
     pub(crate) fn record(&mut self, waited: Duration) {
@@ -140,21 +193,123 @@ impl WaitHistogram {
     }
 
     /// Counts per bucket.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::WaitHistogram;
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// # futures::executor::block_on(async {
+    /// #     pool.warm_up().await.unwrap();
+    /// #     let held = pool.get().await.unwrap();
+    /// #     let mut waiting = std::pin::pin!(pool.get());
+    /// #     assert!(futures::poll!(waiting.as_mut()).is_pending());
+    /// #     std::thread::sleep(Duration::from_millis(10));
+    /// #     drop(held);
+    /// #     drop(waiting.await.unwrap());
+    /// # });
+    /// // One caller waited about 10 ms for the pool's only connection.
+    /// let histogram = pool.statistics().wait_times;
+    /// let waits: Vec<(std::time::Duration, u64)> = histogram
+    ///     .buckets()
+    ///     .iter()
+    ///     .enumerate()
+    ///     .filter(|&(_, &n)| n > 0)
+    ///     .map(|(i, &n)| (WaitHistogram::upper_bound(i), n))
+    ///     .collect();
+    /// assert_eq!(waits.len(), 1);
+    /// assert!(waits[0].0 > Duration::from_millis(10));
+    /// ```
     pub fn buckets(&self) -> &[u64; WaitHistogram::BUCKETS] {
         &self.buckets
     }
 
     /// The upper bound of bucket `i`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::WaitHistogram;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(WaitHistogram::upper_bound(0), Duration::from_micros(1));
+    /// assert_eq!(WaitHistogram::upper_bound(10), Duration::from_micros(1024));
+    /// ```
     pub fn upper_bound(i: usize) -> Duration {
         Duration::from_micros(1u64 << i.min(63))
     }
 
     /// Number of recorded waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// # let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// # futures::executor::block_on(async {
+    /// #     pool.warm_up().await.unwrap();
+    /// #     let held = pool.get().await.unwrap();
+    /// #     let mut waiting = std::pin::pin!(pool.get());
+    /// #     assert!(futures::poll!(waiting.as_mut()).is_pending());
+    /// #     std::thread::sleep(Duration::from_millis(10));
+    /// #     drop(held);
+    /// #     drop(waiting.await.unwrap());
+    /// # });
+    /// // One caller waited about 10 ms for the pool's only connection.
+    /// let stats = pool.statistics();
+    /// assert_eq!(stats.wait_times.count(), 1);
+    /// assert_eq!(stats.wait_times.count(), stats.gets_waited);
+    /// ```
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
 
     /// The upper bound of the bucket holding quantile `q` (0 to 1), or `None` when empty.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// assert_eq!(pool.statistics().wait_times.quantile(0.5), None);
+    ///
+    /// futures::executor::block_on(async {
+    ///     pool.warm_up().await.unwrap(); // the first `get` need not wait for a connect
+    ///     let held = pool.get().await.unwrap();
+    ///     // A second caller queues for the only connection...
+    ///     let mut waiting = std::pin::pin!(pool.get());
+    ///     assert!(futures::poll!(waiting.as_mut()).is_pending());
+    ///     // ...and gets it about 10 ms later.
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     drop(held);
+    ///     drop(waiting.await.unwrap());
+    /// });
+    ///
+    /// let median = pool.statistics().wait_times.quantile(0.5).unwrap();
+    /// assert!(median > Duration::from_millis(10)); // the bucket's upper bound
+    /// ```
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let total = self.count();
         if total == 0 {

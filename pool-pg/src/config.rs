@@ -253,7 +253,17 @@ impl PgConfig {
     ///
     /// # Examples
     ///
-    /// See [`PgConfig`].
+    /// ```no_run
+    /// # async fn f() -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::{PgConfig, PgPool};
+    ///
+    /// let config = PgConfig::from_dsn("postgresql://app@127.0.0.1/shop")?
+    ///     .session(["SET TIME ZONE 'UTC'", "SET search_path TO shop, public"]);
+    /// let pool = PgPool::builder(config).build_eager().await?;
+    /// let zone: String = pool.query_one("SHOW TIME ZONE", &[]).await?.get(0);
+    /// assert_eq!(zone, "UTC");
+    /// # Ok(()) }
+    /// ```
     pub fn session<I, S>(mut self, statements: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -416,7 +426,13 @@ impl PgConfig {
     ///
     /// # Examples
     ///
-    /// See [`application_name`](PgConfig::application_name).
+    /// ```
+    /// use momopool_pg::PgConfig;
+    ///
+    /// let config = PgConfig::from_dsn("host=localhost application_name=reports").unwrap();
+    /// assert_eq!(config.get_application_name(), Some("reports"));
+    /// assert_eq!(PgConfig::from_dsn("host=localhost").unwrap().get_application_name(), None);
+    /// ```
     pub fn get_application_name(&self) -> Option<&str> {
         self.pg.get_application_name()
     }
@@ -438,7 +454,12 @@ impl PgConfig {
     ///
     /// # Examples
     ///
-    /// See [`from_vars`](PgConfig::from_vars).
+    /// ```
+    /// use momopool_pg::PgConfig;
+    ///
+    /// let config = PgConfig::from_dsn("host=primary,standby port=5432,5433").unwrap();
+    /// assert_eq!(config.ports(), &[5432, 5433]);
+    /// ```
     pub fn ports(&self) -> &[u16] {
         self.pg.get_ports()
     }

@@ -284,7 +284,14 @@ impl Connection {
     ///
     /// # Examples
     ///
-    /// See [`Connection`].
+    /// ```no_run
+    /// # async fn f() -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::Connection;
+    ///
+    /// let mut conn = Connection::connect("postgresql://app@127.0.0.1/shop").await?;
+    /// let orders: i64 = conn.query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(dsn: &str) -> Result<Connection, Error> {
         let config = PgConfig::from_dsn(dsn)?;
         Self::connect_with(config, crate::default_runtime()?).await
@@ -918,6 +925,12 @@ impl Connection {
     ///
     /// The stream yields an error (then ends) if a fetch fails.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping the stream at any point, even with a fetch in flight, ends the cursor: its
+    /// transaction is rolled back, and a pooled connection is rolled back and checked before
+    /// its next use.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -1218,7 +1231,24 @@ impl Connection {
 ///
 /// # Examples
 ///
-/// See [`Connection::transaction`].
+/// ```no_run
+/// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+///
+/// conn.transaction(|tx: &mut momopool_pg::Transaction<'_>| {
+///     Box::pin(async move {
+///         tx.execute("UPDATE stock SET count = count - 1 WHERE item = 'tea'", &[]).await?;
+///         let row = tx.query_one("SELECT count FROM stock WHERE item = 'tea'", &[]).await?;
+///         let left: i32 = row.get(0);
+///         if left < 0 {
+///             // An error rolls everything back.
+///             return Err(momopool_pg::Error::InvalidInput("out of tea".into()));
+///         }
+///         Ok(())
+///     })
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
 pub struct Transaction<'a> {
     conn: &'a mut Connection,
 }
@@ -1245,7 +1275,18 @@ impl Transaction<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Connection::transaction`].
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let rows = conn
+    ///     .transaction(|tx| {
+    ///         Box::pin(async move {
+    ///             tx.execute("LOCK TABLE jobs IN SHARE MODE", &[]).await?;
+    ///             tx.query("SELECT id FROM jobs WHERE done = $1", &[&false]).await
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn query(
         &mut self,
         sql: &str,
@@ -1268,7 +1309,19 @@ impl Transaction<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Connection::transaction`].
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let id: i32 = conn
+    ///     .transaction(|tx| {
+    ///         Box::pin(async move {
+    ///             let sql = "INSERT INTO jobs (name) VALUES ($1) RETURNING id";
+    ///             let row = tx.query_one(sql, &[&"resize images"]).await?;
+    ///             Ok(row.get(0))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn query_one(
         &mut self,
         sql: &str,
@@ -1289,7 +1342,23 @@ impl Transaction<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Connection::transaction`].
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let claimed = conn
+    ///     .transaction(|tx| {
+    ///         Box::pin(async move {
+    ///             let sql = "SELECT id FROM jobs WHERE NOT done LIMIT 1 FOR UPDATE SKIP LOCKED";
+    ///             let Some(row) = tx.query_opt(sql, &[]).await? else {
+    ///                 return Ok(None); // nothing to do
+    ///             };
+    ///             let id: i32 = row.get(0);
+    ///             tx.execute("UPDATE jobs SET done = true WHERE id = $1", &[&id]).await?;
+    ///             Ok(Some(id))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn query_opt(
         &mut self,
         sql: &str,
@@ -1310,7 +1379,21 @@ impl Transaction<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Connection::transaction`].
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let moved = conn
+    ///     .transaction(|tx| {
+    ///         Box::pin(async move {
+    ///             let sql = "INSERT INTO archive SELECT * FROM jobs WHERE done";
+    ///             let n = tx.execute(sql, &[]).await?;
+    ///             tx.execute("DELETE FROM jobs WHERE done", &[]).await?;
+    ///             Ok(n)
+    ///         })
+    ///     })
+    ///     .await?;
+    /// println!("{moved} jobs archived");
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(
         &mut self,
         sql: &str,
@@ -1333,7 +1416,17 @@ impl Transaction<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Connection::transaction`].
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// conn.transaction(|tx| {
+    ///     Box::pin(async move {
+    ///         let sql = "SET LOCAL lock_timeout = '1s'; TRUNCATE jobs; TRUNCATE archive";
+    ///         tx.batch_execute(sql).await
+    ///     })
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.conn.batch_execute(sql).await
     }

@@ -52,7 +52,17 @@ impl PgManager {
     ///
     /// # Examples
     ///
-    /// See [`PgManager`].
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{PgConfig, PgManager, Tokio};
+    /// use std::sync::Arc;
+    ///
+    /// let config = PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap();
+    /// let manager = PgManager::new(config, Arc::new(Tokio::current()));
+    /// assert_eq!(manager.config().user(), Some("app"));
+    /// # }
+    /// ```
     pub fn new(config: PgConfig, runtime: Arc<dyn PgRuntime>) -> Self {
         PgManager {
             config: Arc::new(config),

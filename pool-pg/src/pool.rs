@@ -18,6 +18,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Notification, Row};
 
 /// Statement parameters, as tokio-postgres takes them.
+/// # Examples
+///
+/// ```
+/// use momopool_pg::Params;
+///
+/// let id = 7i32;
+/// let name = "widget";
+/// let params: Params<'_> = &[&id, &name];
+/// assert_eq!(params.len(), 2);
+/// ```
 pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// Per-call options: a deadline and whether the call may be replayed.
@@ -40,11 +50,32 @@ pub struct CallOptions {
 
 impl CallOptions {
     /// No deadline beyond the pool's, not idempotent.
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool_pg::CallOptions;
+    ///
+    /// assert_eq!(CallOptions::new(), CallOptions::default());
+    /// assert_ne!(CallOptions::new().idempotent(), CallOptions::new());
+    /// ```
     pub fn new() -> Self {
         CallOptions::default()
     }
 
     /// A deadline for this call, checkout included; overrides the pool's statement timeout.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let quick = CallOptions::new().timeout(Duration::from_millis(250));
+    /// let err = pool.with(quick).execute("SELECT pg_sleep(1)", &[]).await.unwrap_err();
+    /// // The statement was sent, so whether it ran is unknown.
+    /// assert!(err.is_outcome_unknown());
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -52,6 +83,19 @@ impl CallOptions {
 
     /// The statement (or transaction closure) may safely run twice: after a failure with an
     /// unknown outcome it is replayed once on a fresh connection, within the deadline.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    ///
+    /// // Reading twice does no harm, so a lost connection may be retried.
+    /// let rows = pool
+    ///     .with(CallOptions::new().idempotent())
+    ///     .execute("SELECT price FROM prices WHERE id = $1", &[&7i32])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
         self
@@ -59,6 +103,19 @@ impl CallOptions {
 
     /// Run on a connection of its own even when the pool is in shared mode: never pipelined
     /// behind another caller's statement.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    ///
+    /// // A slow report should not hold up statements pipelined behind it in shared mode.
+    /// let report = pool
+    ///     .with(CallOptions::new().exclusive())
+    ///     .execute("SELECT count(*) FROM orders GROUP BY customer_id", &[])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn exclusive(mut self) -> Self {
         self.exclusive = true;
         self
@@ -162,30 +219,111 @@ impl std::fmt::Debug for PgPoolBuilder {
 
 impl PgPoolBuilder {
     /// The runtime to connect and run on; defaults to [`default_runtime`](crate::default_runtime).
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{PgConfig, PgPool, Tokio};
+    ///
+    /// let config = PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap();
+    /// let pool = PgPool::builder(config).runtime(Tokio::current()).build().unwrap();
+    /// assert!(!pool.inner().is_closed());
+    /// # }
+    /// ```
     pub fn runtime(mut self, runtime: impl PgRuntime) -> Self {
         self.runtime = Some(Arc::new(runtime));
         self
     }
 
     /// The runtime, already shared.
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{PgConfig, PgPool, PgRuntime, Tokio};
+    /// use std::sync::Arc;
+    ///
+    /// let runtime: Arc<dyn PgRuntime> = Arc::new(Tokio::current());
+    /// let primary = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 port=5432").unwrap())
+    ///     .shared_runtime(runtime.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// let replica = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 port=5433").unwrap())
+    ///     .shared_runtime(runtime)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop((primary, replica));
+    /// # }
+    /// ```
     pub fn shared_runtime(mut self, runtime: Arc<dyn PgRuntime>) -> Self {
         self.runtime = Some(runtime);
         self
     }
 
     /// Every pool setting at once (see [`momopool::PoolConfig`]).
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool::PoolConfig;
+    /// use momopool_pg::{PgConfig, PgPool};
+    /// use std::time::Duration;
+    ///
+    /// let settings = PoolConfig {
+    ///     max_size: 20,
+    ///     wait_timeout: Some(Duration::from_secs(5)),
+    ///     ..PoolConfig::default()
+    /// };
+    /// let pool = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap())
+    ///     .pool_config(settings.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.inner().config(), &settings);
+    /// # }
+    /// ```
     pub fn pool_config(mut self, pool: PoolConfig) -> Self {
         self.pool = pool;
         self
     }
 
     /// Connections kept open even when idle (Momoko's `size`).
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{PgConfig, PgPool};
+    ///
+    /// let pool = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap())
+    ///     .min_size(2)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.inner().status().min_size, 2);
+    /// # }
+    /// ```
     pub fn min_size(mut self, min_size: usize) -> Self {
         self.pool.min_size = min_size;
         self
     }
 
     /// The most connections the pool stretches to (Momoko's `max_size`).
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{PgConfig, PgPool};
+    ///
+    /// let pool = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap())
+    ///     .max_size(32)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.inner().status().max_size, 32);
+    /// # }
+    /// ```
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.pool.max_size = max_size;
         self
@@ -195,12 +333,59 @@ impl PgPoolBuilder {
     /// on a few connections instead of taking one each; see [`SharedMode`] for how and for
     /// the trade-off. Statements that could change session state, transactions, cursors and
     /// [`get`](PgPool::get) always use a connection of their own.
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{Error, PgConfig, PgPool, SharedMode};
+    ///
+    /// let config = PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap();
+    /// let pool = PgPool::builder(config.clone())
+    ///     .shared(SharedMode { connections: 2, ..SharedMode::default() })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(pool);
+    ///
+    /// // Lanes need at least one connection.
+    /// let err = PgPool::builder(config)
+    ///     .shared(SharedMode { connections: 0, ..SharedMode::default() })
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::Config(_)));
+    /// # }
+    /// ```
     pub fn shared(mut self, mode: SharedMode) -> Self {
         self.shared = Some(mode);
         self
     }
 
     /// Adjusts the underlying [`momopool::PoolBuilder`]: any setting, and hooks.
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool::HookError;
+    /// use momopool_pg::{PgConfig, PgPool};
+    /// use std::time::Duration;
+    ///
+    /// let pool = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap())
+    ///     .configure(|builder| {
+    ///         builder
+    ///             .wait_timeout(Duration::from_secs(3))
+    ///             .post_create(|conn, _metrics| {
+    ///                 Box::pin(async move {
+    ///                     let sql = "SET lock_timeout = '2s'";
+    ///                     conn.batch_execute(sql).await.map_err(HookError::Backend)
+    ///                 })
+    ///             })
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.inner().config().wait_timeout, Some(Duration::from_secs(3)));
+    /// # }
+    /// ```
     pub fn configure(
         mut self,
         f: impl FnOnce(PoolBuilder<PgManager>) -> PoolBuilder<PgManager> + Send + 'static,
@@ -237,6 +422,21 @@ impl PgPoolBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for an invalid setting or no runtime.
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{Error, PgConfig, PgPool};
+    ///
+    /// let config = PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap();
+    /// let pool = PgPool::builder(config.clone()).build().unwrap(); // nothing connects yet
+    /// # drop(pool);
+    ///
+    /// let err = PgPool::builder(config).min_size(5).max_size(2).build().unwrap_err();
+    /// assert!(matches!(err, Error::Config(_)));
+    /// # }
+    /// ```
     pub fn build(self) -> Result<PgPool, Error> {
         let (builder, lanes) = self.into_builder()?;
         let pool = builder.build().map_err(|e| Error::Config(e.to_string()))?;
@@ -254,6 +454,18 @@ impl PgPoolBuilder {
     /// # Cancel safety
     ///
     /// Cancelling drops the half-built pool, which closes it.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::{PgConfig, PgPool};
+    ///
+    /// let config = PgConfig::from_dsn("postgresql://app@127.0.0.1/shop")?;
+    /// // Fails here, not at the first query, if the server is down or the password wrong.
+    /// let pool = PgPool::builder(config).min_size(4).build_eager().await?;
+    /// assert!(pool.inner().status().idle >= 4);
+    /// # Ok(()) }
+    /// ```
     pub async fn build_eager(self) -> Result<PgPool, Error> {
         let (builder, lanes) = self.into_builder()?;
         let pool = builder.build_eager().await.map_err(|e| match e {
@@ -272,7 +484,19 @@ impl PgPool {
     ///
     /// # Examples
     ///
-    /// See [`PgPoolBuilder`].
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use momopool_pg::{PgConfig, PgPool};
+    ///
+    /// let pool = PgPool::builder(PgConfig::from_dsn("host=127.0.0.1 user=app").unwrap())
+    ///     .max_size(4)
+    ///     .build()
+    ///     .unwrap();
+    /// let config = pool.inner().manager().config();
+    /// assert_eq!(config.get_application_name(), Some("momopool"));
+    /// # }
+    /// ```
     pub fn builder(mut config: PgConfig) -> PgPoolBuilder {
         if config.get_application_name().is_none() {
             config = config.application_name("momopool");
@@ -299,7 +523,20 @@ impl PgPool {
     ///
     /// # Examples
     ///
-    /// See [`PgPool`].
+    /// ```no_run
+    /// # async fn f() -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::PgPool;
+    ///
+    /// let pool = match PgPool::connect("postgresql://app@127.0.0.1/shop").await {
+    ///     Ok(pool) => pool,
+    ///     Err(err) => {
+    ///         eprintln!("the database is unreachable: {err}");
+    ///         return Err(err);
+    ///     }
+    /// };
+    /// # drop(pool);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(dsn: &str) -> Result<PgPool, Error> {
         PgPool::builder(PgConfig::from_dsn(dsn)?)
             .build_eager()
@@ -370,7 +607,17 @@ impl PgPool {
     ///
     /// # Examples
     ///
-    /// See [`PgPool`].
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    ///
+    /// let ids = vec![1i32, 2, 3];
+    /// let rows = pool.execute("SELECT id, name FROM users WHERE id = ANY($1)", &[&ids]).await?;
+    /// for row in &rows {
+    ///     let (id, name): (i32, &str) = (row.get("id"), row.get("name"));
+    ///     println!("{id}: {name}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
         self.calls().execute(sql, params).await
     }
@@ -590,7 +837,10 @@ impl PgPool {
     /// use futures::TryStreamExt;
     ///
     /// let mut conn = pool.get().await?;
-    /// let rows: Vec<_> = conn.cursor("SELECT generate_series(1, 1000)", &[], 10).try_collect().await?;
+    /// let rows: Vec<_> = conn
+    ///     .cursor("SELECT generate_series(1, 1000)", &[], 10)
+    ///     .try_collect()
+    ///     .await?;
     /// assert_eq!(rows.len(), 1000);
     /// # Ok(()) }
     /// ```
@@ -670,7 +920,17 @@ impl PgPool {
 ///
 /// # Examples
 ///
-/// See [`PgPool::with`].
+/// ```no_run
+/// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+/// use momopool_pg::CallOptions;
+/// use std::time::Duration;
+///
+/// // One set of options for several calls.
+/// let reads = pool.with(CallOptions::new().timeout(Duration::from_secs(1)).idempotent());
+/// let user = reads.query_one("SELECT name FROM users WHERE id = $1", &[&1i32]).await?;
+/// let orders = reads.execute("SELECT * FROM orders WHERE user_id = $1", &[&1i32]).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Calls<'a> {
     pool: &'a PgPool,
@@ -844,6 +1104,19 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let rows = pool
+    ///     .with(CallOptions::new().timeout(Duration::from_millis(500)))
+    ///     .execute("SELECT id, name FROM users WHERE active", &[])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
         match self.run(Work::Rows(sql, params)).await? {
             Done::Rows(rows) => Ok(rows),
@@ -860,6 +1133,19 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    ///
+    /// let row = pool
+    ///     .with(CallOptions::new().idempotent())
+    ///     .query_one("SELECT count(*) FROM users", &[])
+    ///     .await?;
+    /// let users: i64 = row.get(0);
+    /// # Ok(()) }
+    /// ```
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let rows = self.execute(sql, params).await?;
         let n = rows.len();
@@ -880,6 +1166,21 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    ///
+    /// let found = pool
+    ///     .with(CallOptions::new().idempotent())
+    ///     .query_opt("SELECT name FROM users WHERE id = $1", &[&42i32])
+    ///     .await?;
+    /// if found.is_none() {
+    ///     println!("no user 42");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let rows = self.execute(sql, params).await?;
         match rows.len() {
@@ -899,6 +1200,20 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let updated = pool
+    ///     .with(CallOptions::new().timeout(Duration::from_secs(2)))
+    ///     .execute_count("UPDATE users SET active = false WHERE last_seen < now() - '1y'", &[])
+    ///     .await?;
+    /// println!("{updated} users deactivated");
+    /// # Ok(()) }
+    /// ```
     pub async fn execute_count(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
         match self.run(Work::Count(sql, params)).await? {
             Done::Count(n) => Ok(n),
@@ -915,6 +1230,18 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// pool.with(CallOptions::new().timeout(Duration::from_secs(30)))
+    ///     .batch_execute("VACUUM ANALYZE users; VACUUM ANALYZE orders")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
         match self.run(Work::Batch(sql)).await? {
             Done::Unit => Ok(()),
@@ -931,6 +1258,19 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    ///
+    /// let rows = pool
+    ///     .with(CallOptions::new().idempotent())
+    ///     .callproc("pg_catalog.upper", &[&"momo"])
+    ///     .await?;
+    /// assert_eq!(rows[0].get::<_, String>(0), "MOMO");
+    /// # Ok(()) }
+    /// ```
     pub async fn callproc(&self, name: &str, args: Params<'_>) -> Result<Vec<Row>, Error> {
         let sql = crate::connection::callproc_sql(name, args.len())?;
         self.execute(&sql, args).await
@@ -945,6 +1285,23 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::transaction`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let results = pool
+    ///     .with(CallOptions::new().timeout(Duration::from_secs(1)))
+    ///     .transaction(&[
+    ///         ("UPDATE stock SET count = count - 1 WHERE item = $1", &[&"tea"]),
+    ///         ("INSERT INTO sales (item) VALUES ($1)", &[&"tea"]),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(results.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn transaction(
         &self,
         statements: &[(&str, Params<'_>)],
@@ -964,6 +1321,20 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::execute`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    /// use std::time::Duration;
+    ///
+    /// let text = pool
+    ///     .with(CallOptions::new().timeout(Duration::from_millis(100)))
+    ///     .mogrify("SELECT $1::text", &[&"it's"])
+    ///     .await?;
+    /// assert_eq!(text, "SELECT 'it''s'::text");
+    /// # Ok(()) }
+    /// ```
     pub async fn mogrify(&self, sql: &str, params: Params<'_>) -> Result<String, Error> {
         match self.run(Work::Mogrify(sql, params)).await? {
             Done::Text(text) => Ok(text),
@@ -980,6 +1351,25 @@ impl Calls<'_> {
     /// # Cancel safety
     ///
     /// As for [`PgPool::transaction_with`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+    /// use momopool_pg::CallOptions;
+    ///
+    /// // The closure may run twice if the connection is lost: it only reads and writes the
+    /// // database, so replaying it is safe.
+    /// let balance: i64 = pool
+    ///     .with(CallOptions::new().idempotent())
+    ///     .transaction_with(|tx| {
+    ///         Box::pin(async move {
+    ///             tx.execute("UPDATE accounts SET balance = 0 WHERE id = 1", &[]).await?;
+    ///             Ok(tx.query_one("SELECT sum(balance) FROM accounts", &[]).await?.get(0))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn transaction_with<T, F>(&self, mut f: F) -> Result<T, Error>
     where
         F: for<'c> FnMut(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
@@ -1042,7 +1432,18 @@ impl Calls<'_> {
 ///
 /// # Examples
 ///
-/// See [`PgPool::listen`].
+/// ```no_run
+/// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
+///
+/// use futures::StreamExt;
+///
+/// let mut listener = pool.listen("jobs").await?;
+/// listener.listen("alerts").await?;
+/// while let Some(note) = listener.next().await {
+///     println!("{}: {}", note.channel(), note.payload());
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Listener {
     conn: Connection,
     notifications: futures::channel::mpsc::UnboundedReceiver<Notification>,

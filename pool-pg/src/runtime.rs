@@ -34,9 +34,42 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// ```
 pub trait PgRuntime: Runtime {
     /// Opens a TCP connection to `addr` (with `TCP_NODELAY` set).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use momopool_pg::{PgRuntime, Tokio};
+    /// use std::sync::Arc;
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let runtime: Arc<dyn PgRuntime> = Arc::new(Tokio::current());
+    /// let socket = runtime.connect_tcp(listener.local_addr()?).await?;
+    /// # drop(socket);
+    /// # Ok(()) }
+    /// ```
     fn connect_tcp(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Socket>>;
 
     /// Opens a Unix domain socket connection to the socket file at `path`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use momopool_pg::{PgRuntime, Tokio};
+    /// use std::sync::Arc;
+    ///
+    /// let path = std::env::temp_dir().join(format!("momopool-pg-{}.sock", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let listener = tokio::net::UnixListener::bind(&path)?;
+    /// let runtime: Arc<dyn PgRuntime> = Arc::new(Tokio::current());
+    /// let socket = runtime.connect_unix(path.clone()).await?;
+    /// # drop((socket, listener));
+    /// std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
     fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<Socket>>;
 }
 
@@ -44,6 +77,29 @@ trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 /// A connected byte stream to a PostgreSQL server, whatever runtime opened it.
+///
+/// It reads and writes through Tokio's `AsyncRead` and `AsyncWrite`, which is what
+/// tokio-postgres speaks over.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use momopool_pg::Socket;
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::net::{TcpListener, TcpStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// let mut socket = Socket::from_tokio(TcpStream::connect(listener.local_addr()?).await?);
+/// let (mut server, _) = listener.accept().await?;
+///
+/// socket.write_all(b"ping").await?;
+/// let mut received = [0; 4];
+/// server.read_exact(&mut received).await?;
+/// assert_eq!(&received, b"ping");
+/// # Ok(()) }
+/// ```
 pub struct Socket {
     stream: Box<dyn Stream>,
     probe: Option<Probe>,

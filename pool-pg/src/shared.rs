@@ -18,7 +18,8 @@
 //!
 //! The trade-off, stated plainly: a caller pipelined behind a slow statement waits for it.
 //! `stall_after` bounds how many callers can end up there, not how long they wait. Callers
-//! that cannot accept that use the exclusive mode ([`CallOptions::exclusive`](crate::CallOptions::exclusive)).
+//! that cannot accept that use the exclusive mode
+//! ([`CallOptions::exclusive`](crate::CallOptions::exclusive)).
 //!
 //! Retry rules are the same as in exclusive mode. A deadline frees the caller on time; a
 //! cancel request is sent only when the timed-out statement is the one the server is running

@@ -51,7 +51,7 @@
 //! below. [`ClusterError::BinariesNotFound`] tells the user about both
 //! options.
 //!
-//! # Example
+//! # Examples
 //!
 //! ```no_run
 //! use std::sync::OnceLock;
@@ -131,6 +131,19 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// How to shut the server down; maps to `pg_ctl stop -m`.
 ///
 /// See the PostgreSQL documentation of `pg_ctl` for the details.
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+/// use momopool_pg::throwaway::{Cluster, StopMode};
+///
+/// let cluster = Cluster::start()?;
+/// cluster.stop(StopMode::Fast)?;
+/// assert!(!cluster.is_running());
+/// cluster.start_again()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopMode {
     /// Wait for all clients to disconnect, then shut down.
@@ -154,6 +167,22 @@ impl StopMode {
 }
 
 /// Errors from starting or controlling a throwaway [`Cluster`].
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+/// use momopool_pg::throwaway::{Cluster, ClusterError};
+///
+/// match Cluster::start() {
+///     Ok(cluster) => println!("testing against {}", cluster.url()),
+///     Err(ClusterError::BinariesNotFound) => {
+///         eprintln!("PostgreSQL is not installed: skipping");
+///     }
+///     Err(e) => panic!("{e}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ClusterError {
@@ -303,6 +332,18 @@ fn io_error(context: impl Into<String>, source: io::Error) -> ClusterError {
 /// # Errors
 ///
 /// [`ClusterError::BinariesNotFound`] when none of these has the binaries.
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+/// use momopool_pg::throwaway::find_bindir;
+///
+/// let dir = find_bindir()?;
+/// assert!(dir.join("initdb").exists());
+/// println!("PostgreSQL binaries in {}", dir.display());
+/// # Ok(())
+/// # }
+/// ```
 pub fn find_bindir() -> Result<PathBuf, ClusterError> {
     if let Some(pg_config) = find_program("pg_config") {
         let mut cmd = Command::new(pg_config);
@@ -384,6 +425,20 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Options for a throwaway [`Cluster`]; see [`Cluster::builder`].
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+/// use momopool_pg::throwaway::ClusterBuilder;
+///
+/// let cluster = ClusterBuilder::new()
+///     .setting("max_connections", "200")
+///     .password_user("app", "s3cret")
+///     .start()?;
+/// assert_eq!(cluster.psql("show max_connections")?, "200");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
@@ -394,6 +449,18 @@ pub struct ClusterBuilder {
 
 impl ClusterBuilder {
     /// Creates a builder with the default options.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::ClusterBuilder;
+    ///
+    /// // The same as `Cluster::start()`.
+    /// let cluster = ClusterBuilder::new().start()?;
+    /// assert!(cluster.is_running());
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -409,6 +476,20 @@ impl ClusterBuilder {
     /// `unix_socket_directories`, `listen_addresses`) are overridden by the
     /// cluster.
     #[must_use]
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .setting("work_mem", "8MB")
+    ///     .setting("log_min_duration_statement", "0")
+    ///     .start()?;
+    /// assert_eq!(cluster.psql("show work_mem")?, "8MB");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
         self
@@ -421,6 +502,19 @@ impl ClusterBuilder {
     /// over TCP and over the unix socket, while every other role is trusted.
     /// The name must not be `postgres` (the superuser the cluster itself
     /// uses).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::builder().password_user("app", "s3cret").start()?;
+    /// let url = cluster.url_for("app", Some("s3cret"), "postgres");
+    /// // `app` must give its password (SCRAM); `postgres` is still trusted.
+    /// assert!(url.starts_with("postgresql://app:s3cret@127.0.0.1:"));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn password_user(mut self, user: &str, password: &str) -> Self {
         self.password_users
@@ -430,6 +524,21 @@ impl ClusterBuilder {
 
     /// Turns TLS on with this certificate and private key (PEM). Clients may then connect
     /// with or without TLS (`sslmode=require` or `disable`).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// // A certificate and its private key, in PEM, made beforehand (with `openssl req
+    /// // -x509`, for example).
+    /// let cert = std::fs::read_to_string("server.crt")?;
+    /// let key = std::fs::read_to_string("server.key")?;
+    /// let cluster = Cluster::builder().ssl(&cert, &key).start()?;
+    /// assert_eq!(cluster.psql("show ssl")?, "on");
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn ssl(mut self, cert_pem: &str, key_pem: &str) -> Self {
         self.ssl = Some((cert_pem.to_owned(), key_pem.to_owned()));
@@ -438,6 +547,19 @@ impl ClusterBuilder {
 
     /// Uses the PostgreSQL binaries in `dir` instead of looking them up with
     /// [`find_bindir`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .bindir("/usr/lib/postgresql/16/bin")
+    ///     .start()?;
+    /// assert!(cluster.psql("show server_version")?.starts_with("16"));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn bindir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bindir = Some(dir.into());
@@ -457,6 +579,17 @@ impl ClusterBuilder {
     /// [`ClusterError::StartFailed`] (with the end of the server log) when the
     /// server does not come up, and other variants for invalid options and
     /// failing commands.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::builder().setting("fsync", "off").start()?;
+    /// println!("PostgreSQL is up at {}", cluster.url());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start(self) -> Result<Cluster, ClusterError> {
         self.validate()?;
         let bindir = match &self.bindir {
@@ -578,6 +711,19 @@ impl ClusterBuilder {
 ///
 /// All methods take `&self`, so a cluster can be shared between threads (for
 /// example in a `static OnceLock<Cluster>`).
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+/// use momopool_pg::throwaway::Cluster;
+///
+/// let cluster = Cluster::start()?;
+/// assert!(cluster.is_running());
+/// assert_eq!(cluster.psql("select 40 + 2")?, "42");
+/// drop(cluster); // stops the server and deletes its files
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Cluster {
     dir: PathBuf,
@@ -591,6 +737,17 @@ pub struct Cluster {
 
 impl Cluster {
     /// Returns a builder for a cluster with non-default options.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::builder().setting("max_connections", "20").start()?;
+    /// assert_eq!(cluster.psql("show max_connections")?, "20");
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::new()
@@ -603,49 +760,166 @@ impl Cluster {
     /// # Errors
     ///
     /// See [`ClusterBuilder::start`].
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// assert!(cluster.is_running());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start() -> Result<Cluster, ClusterError> {
         ClusterBuilder::new().start()
     }
 
     /// The TCP port the server listens on (on [`host`](Self::host)).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let dsn = format!("host={} port={} user=postgres", cluster.host(), cluster.port());
+    /// assert!(cluster.url().ends_with(&format!(":{}/postgres", cluster.port())));
+    /// # drop(dsn);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn port(&self) -> u16 {
         self.port
     }
 
     /// The address the server listens on: `"127.0.0.1"`.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// assert_eq!(cluster.host(), "127.0.0.1");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn host(&self) -> &str {
         HOST
     }
 
     /// The directory holding the server's unix socket
     /// (`.s.PGSQL.<port>`); usable as a libpq `host`.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// // A key=value DSN that connects over the unix socket instead of TCP.
+    /// let dsn = format!(
+    ///     "host={} port={} user={}",
+    ///     cluster.socket_dir().display(),
+    ///     cluster.port(),
+    ///     cluster.superuser(),
+    /// );
+    /// let socket = cluster.socket_dir().join(format!(".s.PGSQL.{}", cluster.port()));
+    /// assert!(socket.exists());
+    /// # drop(dsn);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn socket_dir(&self) -> &Path {
         &self.socket_dir
     }
 
     /// The cluster's data directory.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// assert!(cluster.data_dir().join("postgresql.conf").exists());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
     /// The server log file (`pg_ctl -l`).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let log = std::fs::read_to_string(cluster.log_path())?;
+    /// println!("server log so far:\n{log}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn log_path(&self) -> &Path {
         &self.log_file
     }
 
     /// The superuser role: `"postgres"`. It authenticates with `trust`.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// assert_eq!(cluster.superuser(), "postgres");
+    /// assert_eq!(cluster.psql("select current_user")?, cluster.superuser());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn superuser(&self) -> &str {
         SUPERUSER
     }
 
     /// A URL for the superuser and the `postgres` database over TCP:
     /// `postgresql://postgres@127.0.0.1:<port>/postgres`.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let url = cluster.url();
+    /// assert_eq!(url, format!("postgresql://postgres@127.0.0.1:{}/postgres", cluster.port()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn url(&self) -> String {
         self.url_for(SUPERUSER, None, "postgres")
     }
 
     /// A URL for `user` (with `password`, if any) and database `dbname` over
     /// TCP. The user name, password and database name are percent-encoded.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::builder().password_user("app", "p@ss word").start()?;
+    /// let url = cluster.url_for("app", Some("p@ss word"), "postgres");
+    /// assert_eq!(
+    ///     url,
+    ///     format!("postgresql://app:p%40ss%20word@127.0.0.1:{}/postgres", cluster.port()),
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn url_for(&self, user: &str, password: Option<&str>, dbname: &str) -> String {
         let mut url = String::from("postgresql://");
         url.push_str(&percent_encode(user));
@@ -669,11 +943,38 @@ impl Cluster {
     /// After [`kill_postmaster`](Self::kill_postmaster) the file remains and
     /// this still returns the dead process's id; use
     /// [`is_running`](Self::is_running) to check liveness.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::{Cluster, StopMode};
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let pid = cluster.postmaster_pid().expect("a running server has a postmaster.pid");
+    /// println!("postmaster is process {pid}");
+    /// cluster.stop(StopMode::Fast)?;
+    /// assert_eq!(cluster.postmaster_pid(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn postmaster_pid(&self) -> Option<u32> {
         read_postmaster_pid(&self.data_dir)
     }
 
     /// Whether the postmaster is alive (a zombie counts as dead).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// assert!(cluster.is_running());
+    /// cluster.kill_postmaster()?;
+    /// assert!(!cluster.is_running());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_running(&self) -> bool {
         self.postmaster_pid().is_some_and(pid_running)
     }
@@ -687,6 +988,19 @@ impl Cluster {
     ///
     /// When `pg_ctl` fails or times out (with [`StopMode::Smart`], for
     /// example, because clients stay connected).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::{Cluster, StopMode};
+    ///
+    /// let cluster = Cluster::start()?;
+    /// cluster.stop(StopMode::Fast)?;
+    /// assert!(!cluster.is_running());
+    /// cluster.stop(StopMode::Fast)?; // already stopped: nothing to do
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stop(&self, mode: StopMode) -> Result<(), ClusterError> {
         let Some(pid) = self.postmaster_pid().filter(|&pid| pid_running(pid)) else {
             return Ok(());
@@ -712,6 +1026,21 @@ impl Cluster {
     /// [`ClusterError::StartFailed`] (with the end of the server log) when the
     /// server does not come up, for example because another process took the
     /// port in the meantime.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::{Cluster, StopMode};
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let port = cluster.port();
+    /// cluster.stop(StopMode::Immediate)?;
+    /// cluster.start_again()?;
+    /// assert!(cluster.is_running());
+    /// assert_eq!(cluster.port(), port);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start_again(&self) -> Result<(), ClusterError> {
         if self.is_running() {
             return Ok(());
@@ -734,6 +1063,20 @@ impl Cluster {
     /// # Errors
     ///
     /// When `pg_ctl` fails or times out.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::{Cluster, StopMode};
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let before = cluster.postmaster_pid();
+    /// cluster.restart(StopMode::Fast)?; // existing sessions are terminated
+    /// assert!(cluster.is_running());
+    /// assert_ne!(cluster.postmaster_pid(), before);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn restart(&self, mode: StopMode) -> Result<(), ClusterError> {
         let Some(pid) = self.postmaster_pid().filter(|&pid| pid_running(pid)) else {
             return self.start_again();
@@ -775,6 +1118,24 @@ impl Cluster {
     /// # Errors
     ///
     /// [`ClusterError::Io`] when `pg_ctl` cannot be started.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use momopool_pg::throwaway::{Cluster, StopMode};
+    ///
+    /// use std::time::Duration;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// let mut pg_ctl = cluster.restart_in_background(StopMode::Fast)?;
+    /// // Other work (such as an async runtime driving a pool) goes on meanwhile.
+    /// while pg_ctl.try_wait()?.is_none() {
+    ///     std::thread::sleep(Duration::from_millis(50));
+    /// }
+    /// assert!(cluster.is_running());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn restart_in_background(
         &self,
         mode: StopMode,
@@ -807,6 +1168,19 @@ impl Cluster {
     ///
     /// [`ClusterError::NotRunning`] when there is no live postmaster, or when
     /// the `kill` command fails or the processes do not go away in time.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// cluster.kill_postmaster()?; // a crash: connections break, new ones are refused
+    /// assert!(!cluster.is_running());
+    /// cluster.start_again()?; // with crash recovery
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn kill_postmaster(&self) -> Result<(), ClusterError> {
         let pid = self.running_pid()?;
         let children = child_pids(pid);
@@ -835,6 +1209,20 @@ impl Cluster {
     /// [`ClusterError::InvalidOption`] for a malformed signal name and
     /// [`ClusterError::CommandFailed`] when `kill` fails (no such process,
     /// unknown signal, ...).
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// cluster.psql("alter system set work_mem = '16MB'")?;
+    /// // SIGHUP makes the server reload its configuration.
+    /// let pid = cluster.postmaster_pid().expect("the server is running");
+    /// cluster.signal(pid, "HUP")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn signal(&self, pid: u32, signal: &str) -> Result<(), ClusterError> {
         let name = signal.strip_prefix("SIG").unwrap_or(signal);
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -856,6 +1244,20 @@ impl Cluster {
     ///
     /// [`ClusterError::NotRunning`] when there is no live postmaster, or when
     /// the `kill` command fails.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// cluster.pause()?;
+    /// // New connections hang here, so a client's connect timeout can be tested.
+    /// cluster.resume()?;
+    /// assert_eq!(cluster.psql("select 1")?, "1");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pause(&self) -> Result<(), ClusterError> {
         let pid = self.running_pid()?;
         self.signal(pid, "STOP")?;
@@ -871,6 +1273,19 @@ impl Cluster {
     ///
     /// [`ClusterError::NotRunning`] when there is no live postmaster, or when
     /// the `kill` command fails.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// cluster.pause()?;
+    /// cluster.resume()?;
+    /// assert!(cluster.is_running());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn resume(&self) -> Result<(), ClusterError> {
         let pid = self.running_pid()?;
         self.signal(pid, "CONT")?;
@@ -894,6 +1309,18 @@ impl Cluster {
     /// [`ClusterError::Psql`] with psql's standard error when a statement
     /// fails or psql cannot connect, [`ClusterError::Timeout`] when it runs
     /// too long.
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), momopool_pg::throwaway::ClusterError> {
+    /// use momopool_pg::throwaway::Cluster;
+    ///
+    /// let cluster = Cluster::start()?;
+    /// cluster.psql("create table t (a int, b text); insert into t values (1, 'x'), (2, 'y');")?;
+    /// assert_eq!(cluster.psql("select a, b from t order by a")?, "1|x\n2|y");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn psql(&self, sql: &str) -> Result<String, ClusterError> {
         let mut cmd = self.runner.command(&self.bindir.join("psql"));
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])

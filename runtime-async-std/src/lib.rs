@@ -36,6 +36,26 @@ use std::time::Duration;
 ///
 /// Spawned tasks are detached: async-std keeps running a task whose `JoinHandle` is dropped.
 /// It works from any thread, inside or outside an async-std `block_on`.
+///
+/// # Examples
+///
+/// ```
+/// use momopool::Pool;
+/// use momopool_async_std::AsyncStd;
+///
+/// # use momopool::Manager;
+/// # #[derive(Debug)] struct Numbers;
+/// # impl Manager for Numbers {
+/// #     type Connection = u64;
+/// #     type Error = std::io::Error;
+/// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+/// # }
+/// let pool = Pool::builder(Numbers).runtime(AsyncStd).build().unwrap();
+/// async_std::task::block_on(async {
+///     let conn = pool.get().await.unwrap();
+///     assert_eq!(*conn, 7);
+/// });
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AsyncStd;
 
@@ -49,6 +69,21 @@ impl AsyncStd {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future abandons the connect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// async_std::task::block_on(async {
+    ///     let listener = async_std::net::TcpListener::bind("127.0.0.1:0").await?;
+    ///     let addr = listener.local_addr()?;
+    ///     let stream = momopool_async_std::AsyncStd.connect_tcp(addr).await?;
+    ///     assert!(stream.nodelay()?);
+    ///     let (_server_side, peer) = listener.accept().await?;
+    ///     assert_eq!(peer, stream.local_addr()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })
+    /// .unwrap();
+    /// ```
     pub async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<async_std::net::TcpStream> {
         let stream = async_std::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -64,6 +99,22 @@ impl AsyncStd {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future abandons the connect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir();
+    /// let path = dir.join(format!("momopool-async-std-{}.sock", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// async_std::task::block_on(async {
+    ///     let listener = async_std::os::unix::net::UnixListener::bind(&path).await?;
+    ///     let _stream = momopool_async_std::AsyncStd.connect_unix(&path).await?;
+    ///     let _server_side = listener.accept().await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })
+    /// .unwrap();
+    /// std::fs::remove_file(&path).unwrap();
+    /// ```
     pub async fn connect_unix(
         &self,
         path: &Path,

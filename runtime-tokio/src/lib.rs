@@ -11,12 +11,13 @@
 //! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 //! rt.block_on(async {
 //!     let runtime = Tokio::current();
-//!     let (tx, rx) = tokio::sync::oneshot::channel();
+//!     let (tx, rx) = std::sync::mpsc::channel();
 //!     runtime.spawn(Box::pin(async move {
-//!         let _ = tx.send(42);
+//!         tx.send(42).unwrap();
 //!     }));
+//!     // The spawned task runs while this one sleeps.
 //!     runtime.sleep(Duration::from_millis(1)).await;
-//!     assert_eq!(rx.await.unwrap(), 42);
+//!     assert_eq!(rx.try_recv().unwrap(), 42);
 //! });
 //! ```
 #![forbid(unsafe_code)]
@@ -36,6 +37,27 @@ use tokio::runtime::Handle;
 /// detached: their `JoinHandle` is dropped at once, which in Tokio lets the task run on.
 /// The runtime must have its time driver enabled (`enable_time` or `enable_all`), and its I/O
 /// driver for sockets.
+///
+/// # Examples
+///
+/// ```
+/// use momopool::Pool;
+/// use momopool_tokio::Tokio;
+///
+/// # use momopool::Manager;
+/// # #[derive(Debug)] struct Numbers;
+/// # impl Manager for Numbers {
+/// #     type Connection = u64;
+/// #     type Error = std::io::Error;
+/// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+/// # }
+/// #[tokio::main(flavor = "current_thread")]
+/// async fn main() {
+///     let pool = Pool::builder(Numbers).runtime(Tokio::current()).build().unwrap();
+///     let conn = pool.get().await.unwrap();
+///     assert_eq!(*conn, 7);
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Tokio {
     handle: Handle,
@@ -47,6 +69,19 @@ impl Tokio {
     /// # Panics
     ///
     /// Outside a Tokio runtime; use [`Tokio::try_current`] to get an `Option` instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::Runtime;
+    /// use std::time::Duration;
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     let runtime = momopool_tokio::Tokio::current();
+    ///     runtime.sleep(Duration::from_millis(1)).await;
+    /// });
+    /// ```
     pub fn current() -> Self {
         Tokio {
             handle: Handle::current(),
@@ -69,9 +104,13 @@ impl Tokio {
     /// # Examples
     ///
     /// ```
-    /// let rt = tokio::runtime::Runtime::new().unwrap();
+    /// use momopool::Runtime;
+    /// use std::time::Duration;
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// // Made outside the runtime, for example to build a pool before entering it.
     /// let runtime = momopool_tokio::Tokio::from_handle(rt.handle().clone());
-    /// # drop(runtime);
+    /// rt.block_on(runtime.sleep(Duration::from_millis(1)));
     /// ```
     pub fn from_handle(handle: Handle) -> Self {
         Tokio { handle }
@@ -86,6 +125,23 @@ impl Tokio {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future abandons the connect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    ///     let stream = momopool_tokio::Tokio::current()
+    ///         .connect_tcp(listener.local_addr()?)
+    ///         .await?;
+    ///     assert!(stream.nodelay()?);
+    ///     let (_server_side, peer) = listener.accept().await?;
+    ///     assert_eq!(peer, stream.local_addr()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })
+    /// .unwrap();
+    /// ```
     pub async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
         // Connect on the runtime itself, so the caller may poll from anywhere.
         let connect = self.handle.spawn(async move {
@@ -105,6 +161,22 @@ impl Tokio {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future abandons the connect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let path = std::env::temp_dir().join(format!("momopool-tokio-{}.sock", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// rt.block_on(async {
+    ///     let listener = tokio::net::UnixListener::bind(&path)?;
+    ///     let _stream = momopool_tokio::Tokio::current().connect_unix(&path).await?;
+    ///     let _server_side = listener.accept().await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })
+    /// .unwrap();
+    /// std::fs::remove_file(&path).unwrap();
+    /// ```
     pub async fn connect_unix(&self, path: &Path) -> io::Result<tokio::net::UnixStream> {
         let path = path.to_path_buf();
         let connect = self
