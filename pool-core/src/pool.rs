@@ -270,14 +270,16 @@ impl<M: Manager> Pool<M> {
         let deadline = timeout.and_then(|t| now.checked_add(t));
         let mut front = false;
         loop {
-            let entry = match shared.try_acquire(front)? {
+            let watched = deadline.zip(timeout);
+            let entry = match shared.try_acquire(front, watched)? {
                 Acquired::Ready(entry) => entry,
-                Acquired::Queued(waiter) => {
+                Acquired::Queued(waiter, pool_timed) => {
                     let entry = WaitFor {
                         shared,
                         waiter: Some(waiter),
                         deadline,
                         timeout,
+                        pool_timed,
                         timer: None,
                     }
                     .await?;

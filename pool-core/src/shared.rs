@@ -122,6 +122,22 @@ pub(crate) struct State<M: Manager> {
     last_error: Option<Arc<PoolError<M::Error>>>,
     stats: Statistics,
     rng: Rng,
+    /// Deadlines of waiting callers, earliest first, watched by one task for the whole pool
+    /// instead of a timer per caller. Callers are queued in arrival order and most use the
+    /// same timeout, so appending keeps the order; a caller whose deadline would break it
+    /// arms its own timer instead.
+    deadlines: VecDeque<Deadline<M>>,
+    /// The task watching `deadlines` is running.
+    deadline_task: bool,
+    /// When that task next wakes up; an earlier deadline must wake it sooner.
+    deadline_wakes_at: Option<Instant>,
+}
+
+/// A waiting caller's deadline.
+struct Deadline<M: Manager> {
+    at: Instant,
+    after: Duration,
+    waiter: Weak<Waiter<M>>,
 }
 
 impl<M: Manager> State<M> {
@@ -188,6 +204,29 @@ impl<M: Manager> State<M> {
             .min(in_flight_limit.saturating_sub(self.creating));
         self.creating += n;
         n
+    }
+
+    /// Hands `waiter`'s deadline to the pool's deadline task when that keeps the deadlines
+    /// in order; otherwise the caller arms a timer of its own. Stale entries (callers already
+    /// served or gone) are dropped from the front on the way, so the queue stays about as
+    /// long as the number of waiting callers.
+    fn watch_deadline(&mut self, waiter: &Arc<Waiter<M>>, at: Instant, after: Duration) -> bool {
+        while self
+            .deadlines
+            .front()
+            .is_some_and(|d| d.waiter.strong_count() == 0)
+        {
+            self.deadlines.pop_front();
+        }
+        if self.deadlines.back().is_some_and(|d| d.at > at) {
+            return false;
+        }
+        self.deadlines.push_back(Deadline {
+            at,
+            after,
+            waiter: Arc::downgrade(waiter),
+        });
+        true
     }
 
     /// Drops cancelled waiters from the queue once they outnumber live ones.
@@ -314,13 +353,16 @@ pub(crate) struct Shared<M: Manager> {
     closed_event: Event,
     /// Notified whenever a connect finishes.
     created_event: Event,
+    /// Notified when a deadline earlier than the deadline task's next wake-up is queued.
+    deadline_event: Event,
     leases: Option<Mutex<Leases>>,
 }
 
 /// What `try_acquire` found.
 pub(crate) enum Acquired<M: Manager> {
     Ready(Entry<M::Connection>),
-    Queued(Arc<Waiter<M>>),
+    /// Queued; `true` when the pool's deadline task times the caller out.
+    Queued(Arc<Waiter<M>>, bool),
 }
 
 /// What the synchronous part of preparing a connection decided.
@@ -377,6 +419,9 @@ impl<M: Manager> Shared<M> {
                 last_error: None,
                 stats: Statistics::default(),
                 rng: Rng::new(),
+                deadlines: VecDeque::new(),
+                deadline_task: false,
+                deadline_wakes_at: None,
             }),
             manager,
             runtime,
@@ -389,6 +434,7 @@ impl<M: Manager> Shared<M> {
             handles: AtomicUsize::new(1),
             closed_event: Event::new(),
             created_event: Event::new(),
+            deadline_event: Event::new(),
             leases,
         }
     }
@@ -411,6 +457,7 @@ impl<M: Manager> Shared<M> {
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         front: bool,
+        deadline: Option<(Instant, Duration)>,
     ) -> Result<Acquired<M>, PoolError<M::Error>> {
         let mut st = self.lock();
         if st.closed {
@@ -452,12 +499,88 @@ impl<M: Manager> Shared<M> {
             st.waiters.push_back(Arc::clone(&waiter));
         }
         st.waiting += 1;
+        let pool_timed = match deadline {
+            Some((at, after)) => st.watch_deadline(&waiter, at, after),
+            None => false,
+        };
+        let start_deadline_task = pool_timed && !st.deadline_task;
+        st.deadline_task |= pool_timed;
+        let wake_deadline_task = pool_timed
+            && !start_deadline_task
+            && deadline.is_some_and(|(at, _)| st.deadline_wakes_at.is_none_or(|w| at < w));
         let creates = st.plan_creates(&self.config);
         drop(st);
         if creates > 0 {
             self.spawn_creates(creates);
         }
-        Ok(Acquired::Queued(waiter))
+        if start_deadline_task {
+            self.spawn_deadline_task();
+        } else if wake_deadline_task {
+            self.deadline_event.notify(1);
+        }
+        Ok(Acquired::Queued(waiter, pool_timed))
+    }
+
+    fn spawn_deadline_task(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let runtime = &self.runtime;
+        if catch_unwind(AssertUnwindSafe(|| {
+            runtime.spawn(Box::pin(deadline_task(weak)))
+        }))
+        .is_err()
+        {
+            // Without the task nobody would time these callers out: fail them now rather
+            // than let them wait for ever.
+            tracing::error!("the runtime refused to spawn the deadline task");
+            let mut st = self.lock();
+            st.deadline_task = false;
+            st.deadlines.clear();
+        }
+    }
+
+    /// Times out every caller whose deadline has passed; returns the next deadline, or
+    /// `None` (and the task ends) when no caller waits with one.
+    fn expire_waiters(self: &Arc<Self>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut after = After::default();
+        let mut st = self.lock();
+        if st.closed {
+            st.deadline_task = false;
+            st.deadlines.clear();
+            return None;
+        }
+        while st.deadlines.front().is_some_and(|d| d.at <= now) {
+            let expired = st.deadlines.pop_front().expect("front exists");
+            let Some(waiter) = expired.waiter.upgrade() else {
+                continue;
+            };
+            let connecting = st.creating > 0 || st.reconnect.pending;
+            let phase = if connecting { Phase::Create } else { Phase::Wait };
+            let last_error = if connecting || st.down {
+                st.last_error.clone()
+            } else {
+                None
+            };
+            let timeout = PoolError::Timeout(TimeoutError {
+                phase,
+                after: expired.after,
+                last_error,
+            });
+            if let Ok(waker) = waiter.fail(timeout) {
+                st.waiting -= 1;
+                st.stats.gets_timed_out += 1;
+                after.wake(waker);
+            }
+        }
+        st.compact_waiters();
+        let next = st.deadlines.front().map(|d| d.at);
+        st.deadline_wakes_at = next;
+        if next.is_none() {
+            st.deadline_task = false;
+        }
+        drop(st);
+        after.run(self);
+        next
     }
 
     /// The caller stops waiting: at its deadline (`keep_served`: a connection that arrived
@@ -1376,6 +1499,31 @@ async fn retry_task<M: Manager>(weak: Weak<Shared<M>>, delay: Duration) {
     }
 }
 
+/// Times out waiting callers at their deadlines, one timer for the whole pool; ends when no
+/// caller waits with a deadline (the next one starts it again) or the pool closes.
+async fn deadline_task<M: Manager>(weak: Weak<Shared<M>>) {
+    loop {
+        // Listen before looking, so an earlier deadline queued meanwhile is not missed.
+        let Some((sleep, closed, earlier)) = weak.upgrade().and_then(|shared| {
+            let closed = shared.closed_listener();
+            let earlier = shared.deadline_event.listen();
+            shared.expire_waiters().map(|next| {
+                let wait = next.saturating_duration_since(Instant::now());
+                (shared.runtime.sleep(wait), closed, earlier)
+            })
+        }) else {
+            return;
+        };
+        let woken = futures::future::select(sleep, earlier);
+        if let futures::future::Either::Right(_) = futures::future::select(woken, closed).await {
+            if let Some(shared) = weak.upgrade() {
+                shared.expire_waiters();
+            }
+            return;
+        }
+    }
+}
+
 /// Runs a maintenance pass every `maintenance_interval` until the pool closes or is dropped.
 pub(crate) async fn maintenance_task<M: Manager>(weak: Weak<Shared<M>>) {
     loop {
@@ -1407,6 +1555,8 @@ pub(crate) struct WaitFor<'a, M: Manager> {
     pub(crate) waiter: Option<Arc<Waiter<M>>>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) timeout: Option<Duration>,
+    /// The pool's deadline task times this caller out; no timer of its own.
+    pub(crate) pool_timed: bool,
     pub(crate) timer: Option<BoxFuture<'static, ()>>,
 }
 
@@ -1443,6 +1593,9 @@ impl<M: Manager> Future for WaitFor<'_, M> {
                 let now = Instant::now();
                 if now >= deadline {
                     return this.time_out();
+                }
+                if this.pool_timed {
+                    return Poll::Pending;
                 }
                 this.timer = Some(this.shared.runtime.sleep(deadline - now));
             }
