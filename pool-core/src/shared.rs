@@ -555,7 +555,11 @@ impl<M: Manager> Shared<M> {
                 continue;
             };
             let connecting = st.creating > 0 || st.reconnect.pending;
-            let phase = if connecting { Phase::Create } else { Phase::Wait };
+            let phase = if connecting {
+                Phase::Create
+            } else {
+                Phase::Wait
+            };
             let last_error = if connecting || st.down {
                 st.last_error.clone()
             } else {
