@@ -107,6 +107,9 @@ pub(crate) struct State<M: Manager> {
     idle: VecDeque<Entry<M::Connection>>,
     in_use: usize,
     creating: usize,
+    /// Connections taken out of the pool and not dropped yet: they still exist, so their
+    /// slots stay taken until they are gone (dropping runs outside the lock).
+    closing: usize,
     waiters: VecDeque<Arc<Waiter<M>>>,
     /// Waiters still waiting (the queue may also hold cancelled ones).
     waiting: usize,
@@ -185,7 +188,8 @@ impl<M: Manager> State<M> {
         if self.closed || self.suspended || self.reconnect.pending {
             return 0;
         }
-        let size = self.size();
+        // Connections still being closed count: they exist until dropped.
+        let size = self.size() + self.closing;
         let mut want = self
             .waiting
             .saturating_sub(self.creating)
@@ -294,6 +298,7 @@ impl<M: Manager> After<M> {
 
     fn discard(&mut self, entry: Entry<M::Connection>, reason: Removal, state: &mut State<M>) {
         state.stats.closed.add(reason);
+        state.closing += 1;
         self.discard.push((entry, reason));
     }
 
@@ -304,11 +309,20 @@ impl<M: Manager> After<M> {
         for waker in self.wake_more {
             waker.wake();
         }
-        for (entry, reason) in self.discard {
-            shared.dispose(entry.conn, reason);
+        let mut creates = self.creates;
+        if !self.discard.is_empty() {
+            let closed = self.discard.len();
+            for (entry, reason) in self.discard {
+                shared.dispose(entry.conn, reason);
+            }
+            // Only now are their slots free: never more than max_size connections exist or
+            // are being opened, not even for the moment a discarded one takes to drop.
+            let mut st = shared.lock();
+            st.closing -= closed;
+            creates += st.plan_creates(&shared.config);
         }
-        if self.creates > 0 {
-            shared.spawn_creates(self.creates);
+        if creates > 0 {
+            shared.spawn_creates(creates);
         }
         if let Some(delay) = self.retry_in {
             shared.spawn_retry(delay);
@@ -407,6 +421,7 @@ impl<M: Manager> Shared<M> {
                 idle: VecDeque::with_capacity(config.max_size),
                 in_use: 0,
                 creating: 0,
+                closing: 0,
                 waiters: VecDeque::new(),
                 waiting: 0,
                 min_size: config.min_size,
@@ -1240,7 +1255,7 @@ impl<M: Manager> Shared<M> {
                 }
                 let mut n = st.plan_creates(&self.config);
                 if !st.reconnect.pending && !st.suspended {
-                    let size = st.size();
+                    let size = st.size() + st.closing;
                     let extra = target
                         .saturating_sub(size)
                         .min(self.config.max_connecting.saturating_sub(st.creating));
