@@ -210,7 +210,9 @@ pub enum Validation {
     /// Check on every checkout of an idle connection: safest, one backend round trip each.
     Always,
     /// Check only connections idle longer than this: a connection used a moment ago is very
-    /// likely alive, one idle for minutes may have been cut.
+    /// likely alive, one idle for minutes may have been cut. Idle time is measured with the
+    /// system's coarse clock (see [`Metrics::last_used`](crate::Metrics::last_used)), so a
+    /// threshold below its tick (1 to 10 ms) behaves like one tick.
     IdleLongerThan(Duration),
     /// Never check on checkout; rely on [`Manager::is_broken`](crate::Manager::is_broken).
     Never,

@@ -266,43 +266,55 @@ impl<M: Manager> Pool<M> {
         location: &'static Location<'static>,
     ) -> Result<Pooled<M>, PoolError<M::Error>> {
         let shared = &self.shared;
-        let mut now = Instant::now();
-        let deadline = timeout.and_then(|t| now.checked_add(t));
+        // Most checkouts neither wait nor check, so the deadline is set (and the clock read)
+        // only when the caller queues or a check runs.
+        let mut deadline = None;
         let mut front = false;
         loop {
-            let watched = deadline.zip(timeout);
-            let entry = match shared.try_acquire(front, watched)? {
-                Acquired::Ready(entry) => entry,
-                Acquired::Queued(waiter, pool_timed) => {
-                    let entry = WaitFor {
-                        shared,
-                        waiter: Some(waiter),
-                        deadline,
-                        timeout,
-                        pool_timed,
-                        timer: None,
+            // The fast path: an idle connection and nobody queued.
+            let ready = if front { None } else { shared.take_idle() };
+            let entry = match ready {
+                Some(entry) => entry,
+                None => {
+                    // Bound first: a temporary in the match would stay alive (and take room
+                    // in this future) across the await below.
+                    let acquired = shared.try_acquire(front, timeout, &mut deadline)?;
+                    match acquired {
+                        Acquired::Ready(entry) => entry,
+                        Acquired::Queued(waiter, pool_timed) => {
+                            let wait = WaitFor {
+                                shared,
+                                waiter: Some(waiter),
+                                deadline: &deadline,
+                                timeout: &timeout,
+                                pool_timed,
+                                timer: None,
+                            };
+                            wait.await?
+                        }
                     }
-                    .await?;
-                    now = Instant::now();
-                    entry
                 }
             };
-            let checked = match shared.prepare(entry, now) {
-                Prepared::Ready(entry) => Ok(entry),
-                Prepared::Retry => Err(Unprepared::Retry),
+            let prepared = shared.prepare(entry);
+            match prepared {
+                Prepared::Ready(entry) => {
+                    return Ok(Pooled::new(Arc::clone(shared), entry, location));
+                }
+                Prepared::Retry => front = true,
                 // Boxed: the check's futures are large and rarely needed, and inlining them
                 // would make every `get()` future (and every checkout) pay for their size.
                 Prepared::Check(entry) => {
-                    Box::pin(shared.check_entry(entry, now, deadline, timeout)).await
+                    let now = Instant::now();
+                    if deadline.is_none() {
+                        deadline = timeout.and_then(|t| now.checked_add(t));
+                    }
+                    let checked = Box::pin(shared.check_entry(entry, now, deadline, timeout)).await;
+                    match checked {
+                        Ok(entry) => return Ok(Pooled::new(Arc::clone(shared), entry, location)),
+                        Err(Unprepared::Retry) => front = true,
+                        Err(Unprepared::Fail(err)) => return Err(err),
+                    }
                 }
-            };
-            match checked {
-                Ok(entry) => return Ok(Pooled::new(Arc::clone(shared), entry, location)),
-                Err(Unprepared::Retry) => {
-                    front = true;
-                    now = Instant::now();
-                }
-                Err(Unprepared::Fail(err)) => return Err(err),
             }
         }
     }
@@ -1531,25 +1543,30 @@ impl<M: Manager> PoolBuilder<M> {
 /// ```
 #[must_use = "dropping a Pooled returns its connection to the pool at once"]
 pub struct Pooled<M: Manager> {
-    entry: Option<Entry<M::Connection>>,
+    // Two pointers: everything else a checkout carries lives in the boxed entry, so handing
+    // a guard around moves 16 bytes.
+    entry: Option<Box<Entry<M::Connection>>>,
     shared: Arc<Shared<M>>,
-    lease: Option<usize>,
-    mark: Mark,
 }
 
 impl<M: Manager> Pooled<M> {
     fn new(
         shared: Arc<Shared<M>>,
-        entry: Entry<M::Connection>,
+        mut entry: Box<Entry<M::Connection>>,
         location: &'static Location<'static>,
     ) -> Self {
-        let lease = shared.take_lease(location);
+        entry.mark = Mark::Keep;
+        entry.lease = shared.take_lease(location);
         Pooled {
             entry: Some(entry),
             shared,
-            lease,
-            mark: Mark::Keep,
         }
+    }
+
+    fn entry_mut(this: &mut Self) -> &mut Entry<M::Connection> {
+        this.entry
+            .as_mut()
+            .expect("a Pooled holds its entry until dropped")
     }
 
     fn entry(this: &Self) -> &Entry<M::Connection> {
@@ -1607,7 +1624,7 @@ impl<M: Manager> Pooled<M> {
             .entry
             .take()
             .expect("a Pooled holds its entry until dropped");
-        if let Some(lease) = this.lease.take() {
+        if let Some(lease) = entry.lease.take() {
             this.shared.end_lease(lease);
         }
         this.shared.detach(&mut entry.conn);
@@ -1634,8 +1651,9 @@ impl<M: Manager> Pooled<M> {
     /// assert_eq!(pool.statistics().closed.get(Removal::Broken), 1);
     /// ```
     pub fn mark_broken(this: &mut Self) {
-        if this.mark == Mark::Keep {
-            this.mark = Mark::Broken;
+        let entry = Self::entry_mut(this);
+        if entry.mark == Mark::Keep {
+            entry.mark = Mark::Broken;
         }
     }
 
@@ -1660,7 +1678,7 @@ impl<M: Manager> Pooled<M> {
     /// assert_eq!(pool.statistics().revalidations, 1);
     /// ```
     pub fn mark_server_gone(this: &mut Self) {
-        this.mark = Mark::ServerGone;
+        Self::entry_mut(this).mark = Mark::ServerGone;
     }
 
     /// A handle to the pool this connection came from.
@@ -1721,11 +1739,11 @@ impl<M: Manager> AsMut<M::Connection> for Pooled<M> {
 
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            self.shared.end_lease(lease);
-        }
-        if let Some(entry) = self.entry.take() {
-            self.shared.give_back(entry, self.mark);
+        if let Some(mut entry) = self.entry.take() {
+            if let Some(lease) = entry.lease.take() {
+                self.shared.end_lease(lease);
+            }
+            self.shared.give_back(entry);
         }
     }
 }

@@ -39,12 +39,13 @@
 //! before it is handed out again. `drain()` raises a second counter that retires connections
 //! instead.
 
+use crate::clock::Tick;
 use crate::config::{PoolConfig, Reuse, Validation};
 use crate::error::{Phase, PoolError, TimeoutError, panic_message};
 use crate::manager::{ErrorClass, Manager, Metrics, Removal};
 use crate::rng::Rng;
 use crate::runtime::{BoxFuture, Elapsed, Runtime, with_timeout};
-use crate::stats::{Statistics, Status};
+use crate::stats::{Statistics, Status, WaitRecorder};
 use crate::waiter::{Cancelled, Waiter};
 use crate::{HookError, Hooks};
 use event_listener::Event;
@@ -60,16 +61,23 @@ use std::time::{Duration, Instant};
 
 /// What a waiting caller is handed: a connection or an error.
 pub(crate) type Handout<M> =
-    Result<Entry<<M as Manager>::Connection>, PoolError<<M as Manager>::Error>>;
+    Result<Box<Entry<<M as Manager>::Connection>>, PoolError<<M as Manager>::Error>>;
+
+/// A connection with its bookkeeping, boxed once when it is created so that a checkout moves
+/// one pointer around instead of the whole record.
+pub(crate) type Boxed<M> = Box<Entry<<M as Manager>::Connection>>;
 
 /// A connection with the pool's bookkeeping.
 pub(crate) struct Entry<C> {
     pub(crate) conn: C,
     pub(crate) id: u64,
     pub(crate) created: Instant,
-    pub(crate) last_used: Instant,
+    /// When the connection was last returned (coarse), or created if it never was.
+    pub(crate) last_used: Tick,
+    /// Returned at least once: `last_used` is a return, not the creation.
+    pub(crate) returned: bool,
     pub(crate) uses: u64,
-    pub(crate) expires: Option<Instant>,
+    pub(crate) expires: Option<Tick>,
     /// The pool generation when this connection was made or last checked.
     pub(crate) generation: u64,
     /// The drain generation when this connection's connect started.
@@ -78,6 +86,10 @@ pub(crate) struct Entry<C> {
     pub(crate) dirty: bool,
     /// Just created and not handed out yet: needs no check.
     pub(crate) fresh: bool,
+    /// What the borrower said of the connection.
+    pub(crate) mark: Mark,
+    /// The borrower's slot in the leak detector.
+    pub(crate) lease: Option<usize>,
 }
 
 impl<C> Entry<C> {
@@ -85,12 +97,16 @@ impl<C> Entry<C> {
         Metrics {
             id: self.id,
             created: self.created,
-            last_used: self.last_used,
+            last_used: if self.returned {
+                self.last_used.to_instant().max(self.created)
+            } else {
+                self.created
+            },
             times_used: self.uses,
         }
     }
 
-    fn expired(&self, now: Instant) -> bool {
+    fn expired(&self, now: Tick) -> bool {
         self.expires.is_some_and(|at| now >= at)
     }
 }
@@ -104,7 +120,7 @@ struct Reconnect {
 }
 
 pub(crate) struct State<M: Manager> {
-    idle: VecDeque<Entry<M::Connection>>,
+    idle: VecDeque<Box<Entry<M::Connection>>>,
     in_use: usize,
     creating: usize,
     /// Connections taken out of the pool and not dropped yet: they still exist, so their
@@ -152,7 +168,7 @@ impl<M: Manager> State<M> {
         self.exists() + self.creating
     }
 
-    fn pop_idle(&mut self, reuse: Reuse) -> Option<Entry<M::Connection>> {
+    fn pop_idle(&mut self, reuse: Reuse) -> Option<Box<Entry<M::Connection>>> {
         match reuse {
             Reuse::Lifo => self.idle.pop_back(),
             Reuse::Fifo => self.idle.pop_front(),
@@ -160,17 +176,13 @@ impl<M: Manager> State<M> {
     }
 
     /// Hands `entry` to the oldest waiter, or puts it with the idle connections.
-    fn place(&mut self, mut entry: Entry<M::Connection>, now: Instant, after: &mut After<M>) {
+    fn place(&mut self, mut entry: Box<Entry<M::Connection>>, after: &mut After<M>) {
         if !self.suspended {
             while let Some(waiter) = self.waiters.pop_front() {
                 match waiter.offer(entry) {
                     Ok(waker) => {
                         self.waiting -= 1;
                         self.in_use += 1;
-                        self.stats.gets_waited += 1;
-                        self.stats
-                            .wait_times
-                            .record(now.saturating_duration_since(waiter.enqueued));
                         after.wake(waker);
                         return;
                     }
@@ -269,7 +281,7 @@ impl<M: Manager> State<M> {
 pub(crate) struct After<M: Manager> {
     wake_one: Option<Waker>,
     wake_more: Vec<Waker>,
-    discard: Vec<(Entry<M::Connection>, Removal)>,
+    discard: Vec<(Box<Entry<M::Connection>>, Removal)>,
     creates: usize,
     retry_in: Option<Duration>,
 }
@@ -296,7 +308,7 @@ impl<M: Manager> After<M> {
         }
     }
 
-    fn discard(&mut self, entry: Entry<M::Connection>, reason: Removal, state: &mut State<M>) {
+    fn discard(&mut self, entry: Box<Entry<M::Connection>>, reason: Removal, state: &mut State<M>) {
         state.stats.closed.add(reason);
         state.closing += 1;
         self.discard.push((entry, reason));
@@ -361,6 +373,8 @@ pub(crate) struct Shared<M: Manager> {
     drain_generation: AtomicU64,
     next_id: AtomicU64,
     checks: AtomicU64,
+    /// How long served callers waited.
+    pub(crate) waits: WaitRecorder,
     /// Open `Pool` handles; the pool closes when the last one is dropped.
     pub(crate) handles: AtomicUsize,
     /// Notified when the pool closes: background tasks stop.
@@ -374,7 +388,7 @@ pub(crate) struct Shared<M: Manager> {
 
 /// What `try_acquire` found.
 pub(crate) enum Acquired<M: Manager> {
-    Ready(Entry<M::Connection>),
+    Ready(Box<Entry<M::Connection>>),
     /// Queued; `true` when the pool's deadline task times the caller out.
     Queued(Arc<Waiter<M>>, bool),
 }
@@ -382,9 +396,9 @@ pub(crate) enum Acquired<M: Manager> {
 /// What the synchronous part of preparing a connection decided.
 pub(crate) enum Prepared<M: Manager> {
     /// Hand it out.
-    Ready(Entry<M::Connection>),
+    Ready(Box<Entry<M::Connection>>),
     /// Check it first.
-    Check(Entry<M::Connection>),
+    Check(Box<Entry<M::Connection>>),
     /// It was discarded; try another.
     Retry,
 }
@@ -446,6 +460,7 @@ impl<M: Manager> Shared<M> {
             drain_generation: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             checks: AtomicU64::new(0),
+            waits: WaitRecorder::default(),
             handles: AtomicUsize::new(1),
             closed_event: Event::new(),
             created_event: Event::new(),
@@ -467,13 +482,36 @@ impl<M: Manager> Shared<M> {
 
     // ---- checkout -------------------------------------------------------------------------
 
+    /// The fast path of a checkout: an idle connection, if one is ready and nobody is queued.
+    pub(crate) fn take_idle(&self) -> Option<Box<Entry<M::Connection>>> {
+        let mut st = self.lock();
+        if st.closed || st.suspended || st.waiting > 0 {
+            return None;
+        }
+        let entry = st.pop_idle(self.config.reuse)?;
+        st.in_use += 1;
+        st.stats.gets_direct += 1;
+        Some(entry)
+    }
+
     /// Takes an idle connection if nobody is queued (or `front`: this caller was first in
     /// line already), otherwise queues the caller and starts connects as needed.
+    /// `deadline` is set from `timeout` here if the caller queues and has none yet: the clock
+    /// is only read for callers that wait.
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         front: bool,
-        deadline: Option<(Instant, Duration)>,
+        timeout: Option<Duration>,
+        deadline: &mut Option<Instant>,
     ) -> Result<Acquired<M>, PoolError<M::Error>> {
+        // Read the clock and allocate the slot before taking the lock, to keep the time it is
+        // held short: a caller here most likely queues.
+        let now = Instant::now();
+        if deadline.is_none() {
+            *deadline = timeout.and_then(|t| now.checked_add(t));
+        }
+        let deadline = deadline.zip(timeout);
+        let waiter = Arc::new(Waiter::new(now));
         let mut st = self.lock();
         if st.closed {
             return Err(PoolError::Closed);
@@ -507,7 +545,6 @@ impl<M: Manager> Shared<M> {
                 return Err(PoolError::Busy { max_waiting });
             }
         }
-        let waiter = Arc::new(Waiter::new(Instant::now()));
         if front {
             st.waiters.push_front(Arc::clone(&waiter));
         } else {
@@ -609,7 +646,7 @@ impl<M: Manager> Shared<M> {
         waiter: &Waiter<M>,
         keep_served: bool,
         timed_out: bool,
-    ) -> Result<Option<Entry<M::Connection>>, PoolError<M::Error>> {
+    ) -> Result<Option<Boxed<M>>, PoolError<M::Error>> {
         let mut after = After::default();
         let mut st = self.lock();
         let outcome = match waiter.cancel() {
@@ -641,9 +678,8 @@ impl<M: Manager> Shared<M> {
             Cancelled::Served(entry) if keep_served => Ok(Some(entry)),
             Cancelled::Served(entry) => {
                 st.in_use -= 1;
-                // Not a use, so the connection keeps its place in the idle order.
-                let now = entry.last_used;
-                st.place(entry, now, &mut after);
+                // Not a use, so the connection keeps its idle time.
+                st.place(entry, &mut after);
                 Ok(None)
             }
             Cancelled::Failed(err) => Err(err),
@@ -660,16 +696,13 @@ impl<M: Manager> Shared<M> {
     /// the slow part ([`check_entry`](Shared::check_entry)) is due. Kept apart so that the
     /// `get()` future stays small: the check's own futures are boxed, and only when a check
     /// really runs.
-    pub(crate) fn prepare(
-        self: &Arc<Self>,
-        mut entry: Entry<M::Connection>,
-        now: Instant,
-    ) -> Prepared<M> {
+    pub(crate) fn prepare(self: &Arc<Self>, mut entry: Box<Entry<M::Connection>>) -> Prepared<M> {
         if entry.fresh {
             entry.fresh = false;
             entry.uses += 1;
             return Prepared::Ready(entry);
         }
+        let now = Tick::now();
         let manager = &self.manager;
         let broken = catch_unwind(AssertUnwindSafe(|| {
             if manager.is_broken(&mut entry.conn) {
@@ -699,7 +732,7 @@ impl<M: Manager> Shared<M> {
             || self.hooks.post_recycle.is_some()
             || match self.config.validation {
                 Validation::Always => true,
-                Validation::IdleLongerThan(t) => now.saturating_duration_since(entry.last_used) > t,
+                Validation::IdleLongerThan(t) => now.since(entry.last_used) > t,
                 Validation::Never => false,
             };
         if !due {
@@ -713,11 +746,11 @@ impl<M: Manager> Shared<M> {
     /// bounded by the recycle timeout and the caller's deadline.
     pub(crate) async fn check_entry(
         self: &Arc<Self>,
-        entry: Entry<M::Connection>,
+        entry: Box<Entry<M::Connection>>,
         now: Instant,
         deadline: Option<Instant>,
         wait_timeout: Option<Duration>,
-    ) -> Result<Entry<M::Connection>, Unprepared<M::Error>> {
+    ) -> Result<Box<Entry<M::Connection>>, Unprepared<M::Error>> {
         let manager = &self.manager;
         let generation = self.generation.load(Ordering::Acquire);
         // The check borrows the connection across awaits: if the caller is cancelled half-way
@@ -806,7 +839,12 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Closes a connection that was counted as in use.
-    fn discard_in_use(self: &Arc<Self>, entry: Entry<M::Connection>, reason: Removal, gone: bool) {
+    fn discard_in_use(
+        self: &Arc<Self>,
+        entry: Box<Entry<M::Connection>>,
+        reason: Removal,
+        gone: bool,
+    ) {
         let mut after = After::default();
         let mut st = self.lock();
         st.in_use -= 1;
@@ -822,9 +860,9 @@ impl<M: Manager> Shared<M> {
     // ---- return ---------------------------------------------------------------------------
 
     /// A guard gave its connection back.
-    pub(crate) fn give_back(self: &Arc<Self>, mut entry: Entry<M::Connection>, mark: Mark) {
+    pub(crate) fn give_back(self: &Arc<Self>, mut entry: Box<Entry<M::Connection>>) {
         let manager = &self.manager;
-        let broken = match mark {
+        let broken = match entry.mark {
             Mark::Broken => Some(false),
             Mark::ServerGone => Some(true),
             Mark::Keep => catch_unwind(AssertUnwindSafe(|| {
@@ -837,8 +875,9 @@ impl<M: Manager> Shared<M> {
             }))
             .unwrap_or(Some(false)),
         };
-        let now = Instant::now();
+        let now = Tick::now();
         entry.last_used = now;
+        entry.returned = true;
         let mut after = After::default();
         let mut st = self.lock();
         st.in_use -= 1;
@@ -856,7 +895,7 @@ impl<M: Manager> Shared<M> {
             None
         };
         match reason {
-            None => st.place(entry, now, &mut after),
+            None => st.place(entry, &mut after),
             Some(reason) => {
                 if broken == Some(true) {
                     self.bump_generation(&mut st);
@@ -984,7 +1023,7 @@ impl<M: Manager> Shared<M> {
         generation: u64,
         drain_generation: u64,
     ) {
-        let now = Instant::now();
+        let now = Tick::now();
         let mut after = After::default();
         let mut st = self.lock();
         st.creating -= 1;
@@ -995,29 +1034,32 @@ impl<M: Manager> Shared<M> {
                 st.reconnect = Reconnect::default();
                 st.down = false;
                 st.permanent = false;
-                let expires = self.config.max_lifetime.map(|lifetime| {
+                let expires = self.config.max_lifetime.and_then(|lifetime| {
                     let early = lifetime.mul_f64(self.config.lifetime_jitter * st.rng.unit());
-                    now + (lifetime - early)
+                    now.checked_add(lifetime - early)
                 });
-                let entry = Entry {
+                let entry = Box::new(Entry {
                     conn,
                     id,
-                    created: now,
+                    created: Instant::now(),
                     last_used: now,
+                    returned: false,
                     uses: 0,
                     expires,
                     generation,
                     drain_generation,
                     dirty: false,
                     fresh: true,
-                };
+                    mark: Mark::Keep,
+                    lease: None,
+                });
                 tracing::debug!(id, "connection created");
                 if st.closed {
                     after.discard(entry, Removal::Closed, &mut st);
                 } else if st.exists() >= st.max_size {
                     after.discard(entry, Removal::Retired, &mut st);
                 } else {
-                    st.place(entry, now, &mut after);
+                    st.place(entry, &mut after);
                 }
             }
             Some(Err(err)) => {
@@ -1128,6 +1170,8 @@ impl<M: Manager> Shared<M> {
     pub(crate) fn statistics(&self) -> Statistics {
         let mut stats = self.lock().stats.clone();
         stats.checks = self.checks.load(Ordering::Relaxed);
+        stats.wait_times = self.waits.snapshot();
+        stats.gets_waited = stats.wait_times.count();
         stats
     }
 
@@ -1170,14 +1214,13 @@ impl<M: Manager> Shared<M> {
                 catch_unwind(AssertUnwindSafe(|| keep(&e.conn, &e.metrics()))).unwrap_or(false)
             })
             .collect();
-        let now = Instant::now();
         let mut after = After::default();
         let mut st = self.lock();
         let mut removed = 0;
         for (entry, kept) in taken.into_iter().zip(verdicts) {
             st.in_use -= 1;
             if kept && !st.closed {
-                st.place(entry, now, &mut after);
+                st.place(entry, &mut after);
             } else {
                 removed += 1;
                 after.discard(entry, Removal::Retired, &mut st);
@@ -1211,12 +1254,11 @@ impl<M: Manager> Shared<M> {
         let mut st = self.lock();
         st.suspended = suspended;
         if !suspended {
-            let now = Instant::now();
             while st.waiting > 0 {
                 let Some(entry) = st.pop_idle(self.config.reuse) else {
                     break;
                 };
-                st.place(entry, now, &mut after);
+                st.place(entry, &mut after);
             }
             after.creates = st.plan_creates(&self.config);
         }
@@ -1285,7 +1327,7 @@ impl<M: Manager> Shared<M> {
     /// One maintenance pass: idle timeout, lifetime, drained leftovers, keepalive checks,
     /// top-up to `min_size`, leak reports.
     pub(crate) async fn maintain(self: &Arc<Self>) {
-        let now = Instant::now();
+        let now = Tick::now();
         let mut after = After::default();
         let mut to_check = Vec::new();
         {
@@ -1310,7 +1352,7 @@ impl<M: Manager> Shared<M> {
                     && st
                         .idle
                         .front()
-                        .is_some_and(|e| now.saturating_duration_since(e.last_used) >= idle_timeout)
+                        .is_some_and(|e| now.since(e.last_used) >= idle_timeout)
                 {
                     let entry = st.idle.pop_front().expect("front exists");
                     after.discard(entry, Removal::Idle, &mut st);
@@ -1319,7 +1361,7 @@ impl<M: Manager> Shared<M> {
             if let Some(keepalive) = self.config.keepalive_interval {
                 let mut kept = VecDeque::with_capacity(st.idle.len());
                 while let Some(entry) = st.idle.pop_front() {
-                    if now.saturating_duration_since(entry.last_used) >= keepalive {
+                    if now.since(entry.last_used) >= keepalive {
                         to_check.push(entry);
                     } else {
                         kept.push_back(entry);
@@ -1359,8 +1401,7 @@ impl<M: Manager> Shared<M> {
                         after.discard(entry, Removal::Closed, &mut st);
                     } else {
                         // Keep its idle time: a keepalive is not a use.
-                        let last_used = entry.last_used;
-                        st.place(entry, last_used, &mut after);
+                        st.place(entry, &mut after);
                     }
                     drop(st);
                     after.run(self);
@@ -1379,7 +1420,7 @@ impl<M: Manager> Shared<M> {
             }
         }
 
-        self.report_leaks(now);
+        self.report_leaks(Instant::now());
     }
 
     fn report_leaks(&self, now: Instant) {
@@ -1455,7 +1496,7 @@ impl<M: Manager> Drop for Shared<M> {
 /// Discards the connection if a check is abandoned half-way.
 struct Checking<'a, M: Manager> {
     shared: &'a Arc<Shared<M>>,
-    entry: Option<Entry<M::Connection>>,
+    entry: Option<Box<Entry<M::Connection>>>,
 }
 
 impl<M: Manager> Drop for Checking<'_, M> {
@@ -1569,11 +1610,14 @@ pub(crate) async fn maintenance_task<M: Manager>(weak: Weak<Shared<M>>) {
 
 /// The waiting part of `get()`: resolves when the pool hands this caller a connection or an
 /// error, or at the caller's deadline. Dropping it cancels the wait without losing anything.
+///
+/// It borrows the caller's deadline and timeout rather than copying them: every byte here is
+/// paid once per waiting caller.
 pub(crate) struct WaitFor<'a, M: Manager> {
     pub(crate) shared: &'a Arc<Shared<M>>,
     pub(crate) waiter: Option<Arc<Waiter<M>>>,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) timeout: Option<Duration>,
+    pub(crate) deadline: &'a Option<Instant>,
+    pub(crate) timeout: &'a Option<Duration>,
     /// The pool's deadline task times this caller out; no timer of its own.
     pub(crate) pool_timed: bool,
     pub(crate) timer: Option<BoxFuture<'static, ()>>,
@@ -1583,7 +1627,10 @@ impl<M: Manager> WaitFor<'_, M> {
     fn time_out(&mut self) -> Poll<Handout<M>> {
         let waiter = self.waiter.take().expect("waiting");
         Poll::Ready(match self.shared.cancel_waiter(&waiter, true, true) {
-            Ok(Some(entry)) => Ok(entry),
+            Ok(Some(entry)) => {
+                self.shared.waits.record(waiter.enqueued.elapsed());
+                Ok(entry)
+            }
             Ok(None) => Err(PoolError::Closed),
             Err(PoolError::Timeout(mut timeout)) => {
                 timeout.after = self.timeout.unwrap_or_default();
@@ -1604,10 +1651,13 @@ impl<M: Manager> Future for WaitFor<'_, M> {
             .as_ref()
             .expect("WaitFor polled after completion");
         if let Poll::Ready(result) = waiter.poll_take(cx) {
+            if result.is_ok() {
+                this.shared.waits.record(waiter.enqueued.elapsed());
+            }
             this.waiter = None;
             return Poll::Ready(result);
         }
-        if let Some(deadline) = this.deadline {
+        if let Some(deadline) = *this.deadline {
             if this.timer.is_none() {
                 let now = Instant::now();
                 if now >= deadline {

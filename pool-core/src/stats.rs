@@ -1,6 +1,7 @@
 //! What the pool reports about itself: [`Status`] (now) and [`Statistics`] (since it was built).
 
 use crate::manager::Removal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A snapshot of the pool's connections and callers.
@@ -186,10 +187,10 @@ impl WaitHistogram {
     /// ```
     pub const BUCKETS: usize = 30;
 
-    pub(crate) fn record(&mut self, waited: Duration) {
+    fn bucket(waited: Duration) -> usize {
         let micros = waited.as_micros().min(u64::MAX as u128) as u64;
         let bucket = (u64::BITS - micros.leading_zeros()) as usize;
-        self.buckets[bucket.min(Self::BUCKETS - 1)] += 1;
+        bucket.min(Self::BUCKETS - 1)
     }
 
     /// Counts per bucket.
@@ -327,17 +328,37 @@ impl WaitHistogram {
     }
 }
 
+/// Where waiting callers record how long they waited: each caller adds to it itself, after
+/// it has its connection, so no clock is read under the pool lock.
+#[derive(Debug, Default)]
+pub(crate) struct WaitRecorder {
+    buckets: [AtomicU64; WaitHistogram::BUCKETS],
+}
+
+impl WaitRecorder {
+    pub(crate) fn record(&self, waited: Duration) {
+        self.buckets[WaitHistogram::bucket(waited)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> WaitHistogram {
+        WaitHistogram {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn histogram_buckets_by_power_of_two() {
-        let mut h = WaitHistogram::default();
-        h.record(Duration::ZERO);
-        h.record(Duration::from_micros(3));
-        h.record(Duration::from_millis(1));
-        h.record(Duration::from_secs(100_000));
+        let recorder = WaitRecorder::default();
+        recorder.record(Duration::ZERO);
+        recorder.record(Duration::from_micros(3));
+        recorder.record(Duration::from_millis(1));
+        recorder.record(Duration::from_secs(100_000));
+        let h = recorder.snapshot();
         assert_eq!(h.buckets()[0], 1);
         assert_eq!(h.buckets()[2], 1);
         assert_eq!(h.buckets()[10], 1);

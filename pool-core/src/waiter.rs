@@ -19,8 +19,9 @@ pub(crate) struct Waiter<M: Manager> {
 
 enum Slot<M: Manager> {
     Waiting(Option<Waker>),
-    Served(Entry<M::Connection>),
-    Failed(PoolError<M::Error>),
+    Served(Box<Entry<M::Connection>>),
+    /// Boxed: errors are rare, and the slot's size is paid by every waiting caller.
+    Failed(Box<PoolError<M::Error>>),
     /// The caller gave up; the slot stays in the queue until the pool skips or compacts it.
     Cancelled,
     /// The caller took its result.
@@ -32,7 +33,7 @@ pub(crate) enum Cancelled<M: Manager> {
     /// It was still waiting: now it is cancelled.
     WasWaiting,
     /// A connection had already been handed to it.
-    Served(Entry<M::Connection>),
+    Served(Box<Entry<M::Connection>>),
     /// An error had already been delivered to it.
     Failed(PoolError<M::Error>),
     /// Nothing to do: already cancelled or finished.
@@ -64,7 +65,7 @@ impl<M: Manager> Waiter<M> {
             }
             Slot::Served(_) | Slot::Failed(_) => match std::mem::replace(&mut *slot, Slot::Done) {
                 Slot::Served(entry) => Poll::Ready(Ok(entry)),
-                Slot::Failed(err) => Poll::Ready(Err(err)),
+                Slot::Failed(err) => Poll::Ready(Err(*err)),
                 _ => unreachable!("matched above"),
             },
             // The pool never polls a waiter it cancelled; answer like a closed pool rather
@@ -76,8 +77,8 @@ impl<M: Manager> Waiter<M> {
     /// Hands a connection to this waiter if it is still waiting (pool lock held).
     pub(crate) fn offer(
         &self,
-        entry: Entry<M::Connection>,
-    ) -> Result<Option<Waker>, Entry<M::Connection>> {
+        entry: Box<Entry<M::Connection>>,
+    ) -> Result<Option<Waker>, Box<Entry<M::Connection>>> {
         let mut slot = self.slot();
         match &mut *slot {
             Slot::Waiting(waker) => {
@@ -96,7 +97,7 @@ impl<M: Manager> Waiter<M> {
         match &mut *slot {
             Slot::Waiting(waker) => {
                 let waker = waker.take();
-                *slot = Slot::Failed(err);
+                *slot = Slot::Failed(Box::new(err));
                 Ok(waker)
             }
             _ => Err(()),
@@ -114,7 +115,7 @@ impl<M: Manager> Waiter<M> {
             }
             Slot::Failed(err) => {
                 *slot = Slot::Done;
-                Cancelled::Failed(err)
+                Cancelled::Failed(*err)
             }
             other => {
                 *slot = other;
