@@ -54,7 +54,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -141,22 +141,16 @@ pub(crate) struct State<M: Manager> {
     last_error: Option<Arc<PoolError<M::Error>>>,
     stats: Statistics,
     rng: Rng,
-    /// Deadlines of waiting callers, earliest first, watched by one task for the whole pool
-    /// instead of a timer per caller. Callers are queued in arrival order and most use the
-    /// same timeout, so appending keeps the order; a caller whose deadline would break it
-    /// arms its own timer instead.
-    deadlines: VecDeque<Deadline<M>>,
-    /// The task watching `deadlines` is running.
+    /// The deadline of the last "pool-timed" caller queued at the back. One task for the
+    /// whole pool times waiting callers out instead of a timer per caller: callers queue in
+    /// arrival order and most use the same timeout, so the deadlines of pool-timed callers
+    /// rise along the queue and the task only looks at its front. A caller whose deadline
+    /// would break that order arms a timer of its own instead.
+    last_pool_deadline: Option<Instant>,
+    /// The deadline task is running.
     deadline_task: bool,
     /// When that task next wakes up; an earlier deadline must wake it sooner.
     deadline_wakes_at: Option<Instant>,
-}
-
-/// A waiting caller's deadline.
-struct Deadline<M: Manager> {
-    at: Instant,
-    after: Duration,
-    waiter: Weak<Waiter<M>>,
 }
 
 impl<M: Manager> State<M> {
@@ -222,26 +216,18 @@ impl<M: Manager> State<M> {
         n
     }
 
-    /// Hands `waiter`'s deadline to the pool's deadline task when that keeps the deadlines
-    /// in order; otherwise the caller arms a timer of its own. Stale entries (callers already
-    /// served or gone) are dropped from the front on the way, so the queue stays about as
-    /// long as the number of waiting callers.
-    fn watch_deadline(&mut self, waiter: &Arc<Waiter<M>>, at: Instant, after: Duration) -> bool {
-        while self
-            .deadlines
-            .front()
-            .is_some_and(|d| d.waiter.strong_count() == 0)
-        {
-            self.deadlines.pop_front();
+    /// Whether the pool's deadline task can time out a caller queued at the back with this
+    /// deadline (it keeps the pool-timed deadlines in queue order); otherwise the caller arms
+    /// a timer of its own. Called before the caller is counted in `waiting`.
+    fn watch_deadline(&mut self, at: Instant) -> bool {
+        if self.waiting == 0 {
+            // Nobody waits: no order to keep.
+            self.last_pool_deadline = None;
         }
-        if self.deadlines.back().is_some_and(|d| d.at > at) {
+        if self.last_pool_deadline.is_some_and(|last| at < last) {
             return false;
         }
-        self.deadlines.push_back(Deadline {
-            at,
-            after,
-            waiter: Arc::downgrade(waiter),
-        });
+        self.last_pool_deadline = Some(at);
         true
     }
 
@@ -273,6 +259,35 @@ impl<M: Manager> State<M> {
             waiting: self.waiting,
             min_size: self.min_size,
             max_size: self.max_size,
+        }
+    }
+}
+
+/// The pool lock, held. Releasing it publishes whether callers are queued.
+struct Locked<'a, M: Manager> {
+    state: MutexGuard<'a, State<M>>,
+    queued: &'a AtomicBool,
+}
+
+impl<M: Manager> std::ops::Deref for Locked<'_, M> {
+    type Target = State<M>;
+
+    fn deref(&self) -> &State<M> {
+        &self.state
+    }
+}
+
+impl<M: Manager> std::ops::DerefMut for Locked<'_, M> {
+    fn deref_mut(&mut self) -> &mut State<M> {
+        &mut self.state
+    }
+}
+
+impl<M: Manager> Drop for Locked<'_, M> {
+    fn drop(&mut self) {
+        let queued = self.state.waiting > 0;
+        if self.queued.load(Ordering::Relaxed) != queued {
+            self.queued.store(queued, Ordering::Relaxed);
         }
     }
 }
@@ -367,6 +382,9 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) config: PoolConfig,
     pub(crate) hooks: Hooks<M>,
     state: Mutex<State<M>>,
+    /// Whether callers are queued, as of the last time the lock was released: a hint that
+    /// lets a caller skip the fast path (and one lock round trip) when it would queue anyway.
+    queued: AtomicBool,
     /// Raised by a "server gone" error: older connections are checked before reuse.
     generation: AtomicU64,
     /// Raised by `drain()`: older connections are retired.
@@ -448,10 +466,11 @@ impl<M: Manager> Shared<M> {
                 last_error: None,
                 stats: Statistics::default(),
                 rng: Rng::new(),
-                deadlines: VecDeque::new(),
+                last_pool_deadline: None,
                 deadline_task: false,
                 deadline_wakes_at: None,
             }),
+            queued: AtomicBool::new(false),
             manager,
             runtime,
             config,
@@ -469,10 +488,13 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<M>> {
+    fn lock(&self) -> Locked<'_, M> {
         // No user code runs under this lock, so it cannot be poisoned by a panic of ours
         // short of a bug; recover rather than spread one.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        Locked {
+            state: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            queued: &self.queued,
+        }
     }
 
     fn bump_generation(&self, state: &mut State<M>) {
@@ -484,6 +506,9 @@ impl<M: Manager> Shared<M> {
 
     /// The fast path of a checkout: an idle connection, if one is ready and nobody is queued.
     pub(crate) fn take_idle(&self) -> Option<Box<Entry<M::Connection>>> {
+        if self.queued.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut st = self.lock();
         if st.closed || st.suspended || st.waiting > 0 {
             return None;
@@ -511,7 +536,8 @@ impl<M: Manager> Shared<M> {
             *deadline = timeout.and_then(|t| now.checked_add(t));
         }
         let deadline = deadline.zip(timeout);
-        let waiter = Arc::new(Waiter::new(now));
+        let waiter = Arc::new(Waiter::new(now, deadline));
+        let queued = Arc::clone(&waiter);
         let mut st = self.lock();
         if st.closed {
             return Err(PoolError::Closed);
@@ -545,16 +571,21 @@ impl<M: Manager> Shared<M> {
                 return Err(PoolError::Busy { max_waiting });
             }
         }
+        // A caller queued again at the front (its connection failed a check) keeps a timer
+        // of its own: its deadline may be earlier than those behind it, or later.
+        let pool_timed = match deadline {
+            Some((at, after)) if !front && !after.is_zero() => st.watch_deadline(at),
+            _ => false,
+        };
+        if pool_timed {
+            waiter.set_pool_timed();
+        }
         if front {
-            st.waiters.push_front(Arc::clone(&waiter));
+            st.waiters.push_front(queued);
         } else {
-            st.waiters.push_back(Arc::clone(&waiter));
+            st.waiters.push_back(queued);
         }
         st.waiting += 1;
-        let pool_timed = match deadline {
-            Some((at, after)) => st.watch_deadline(&waiter, at, after),
-            None => false,
-        };
         let start_deadline_task = pool_timed && !st.deadline_task;
         st.deadline_task |= pool_timed;
         let wake_deadline_task = pool_timed
@@ -584,28 +615,39 @@ impl<M: Manager> Shared<M> {
             // Without the task nobody would time these callers out: fail them now rather
             // than let them wait for ever.
             tracing::error!("the runtime refused to spawn the deadline task");
-            let mut st = self.lock();
-            st.deadline_task = false;
-            st.deadlines.clear();
+            self.expire_waiters(true);
         }
     }
 
     /// Times out every caller whose deadline has passed; returns the next deadline, or
     /// `None` (and the task ends) when no caller waits with one.
-    fn expire_waiters(self: &Arc<Self>) -> Option<Instant> {
+    /// `all`: time out every pool-timed caller now (the task could not be started).
+    fn expire_waiters(self: &Arc<Self>, all: bool) -> Option<Instant> {
         let now = Instant::now();
         let mut after = After::default();
         let mut st = self.lock();
         if st.closed {
             st.deadline_task = false;
-            st.deadlines.clear();
             return None;
         }
-        while st.deadlines.front().is_some_and(|d| d.at <= now) {
-            let expired = st.deadlines.pop_front().expect("front exists");
-            let Some(waiter) = expired.waiter.upgrade() else {
+        // Pool-timed deadlines rise along the queue: stop at the first one still ahead.
+        let mut next = None;
+        let mut expired = Vec::new();
+        for waiter in &st.waiters {
+            let Some((at, after)) = waiter.pool_deadline() else {
                 continue;
             };
+            // Only waiting callers count: the order is kept among them alone.
+            if !waiter.is_waiting() {
+                continue;
+            }
+            if at > now && !all {
+                next = Some(at);
+                break;
+            }
+            expired.push((Arc::clone(waiter), after));
+        }
+        for (waiter, waited) in expired {
             let connecting = st.creating > 0 || st.reconnect.pending;
             let phase = if connecting {
                 Phase::Create
@@ -619,7 +661,7 @@ impl<M: Manager> Shared<M> {
             };
             let timeout = PoolError::Timeout(TimeoutError {
                 phase,
-                after: expired.after,
+                after: waited,
                 last_error,
             });
             if let Ok(waker) = waiter.fail(timeout) {
@@ -629,7 +671,6 @@ impl<M: Manager> Shared<M> {
             }
         }
         st.compact_waiters();
-        let next = st.deadlines.front().map(|d| d.at);
         st.deadline_wakes_at = next;
         if next.is_none() {
             st.deadline_task = false;
@@ -678,6 +719,7 @@ impl<M: Manager> Shared<M> {
             Cancelled::Served(entry) if keep_served => Ok(Some(entry)),
             Cancelled::Served(entry) => {
                 st.in_use -= 1;
+                st.stats.gets_cancelled += 1;
                 // Not a use, so the connection keeps its idle time.
                 st.place(entry, &mut after);
                 Ok(None)
@@ -1567,7 +1609,7 @@ async fn deadline_task<M: Manager>(weak: Weak<Shared<M>>) {
         let Some((sleep, closed, earlier)) = weak.upgrade().and_then(|shared| {
             let closed = shared.closed_listener();
             let earlier = shared.deadline_event.listen();
-            shared.expire_waiters().map(|next| {
+            shared.expire_waiters(false).map(|next| {
                 let wait = next.saturating_duration_since(Instant::now());
                 (shared.runtime.sleep(wait), closed, earlier)
             })
@@ -1577,7 +1619,7 @@ async fn deadline_task<M: Manager>(weak: Weak<Shared<M>>) {
         let woken = futures::future::select(sleep, earlier);
         if let futures::future::Either::Right(_) = futures::future::select(woken, closed).await {
             if let Some(shared) = weak.upgrade() {
-                shared.expire_waiters();
+                shared.expire_waiters(false);
             }
             return;
         }
@@ -1657,14 +1699,15 @@ impl<M: Manager> Future for WaitFor<'_, M> {
             this.waiter = None;
             return Poll::Ready(result);
         }
+        // The pool's deadline task times this caller out: no clock to read here.
+        if this.pool_timed {
+            return Poll::Pending;
+        }
         if let Some(deadline) = *this.deadline {
             if this.timer.is_none() {
                 let now = Instant::now();
                 if now >= deadline {
                     return this.time_out();
-                }
-                if this.pool_timed {
-                    return Poll::Pending;
                 }
                 this.timer = Some(this.shared.runtime.sleep(deadline - now));
             }

@@ -8,13 +8,19 @@
 use crate::error::PoolError;
 use crate::manager::Manager;
 use crate::shared::{Entry, Handout};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub(crate) struct Waiter<M: Manager> {
     slot: Mutex<Slot<M>>,
     pub(crate) enqueued: Instant,
+    /// The caller's deadline and the timeout it came from.
+    deadline: Option<(Instant, Duration)>,
+    /// The pool's deadline task times this caller out (set under the pool lock before the
+    /// waiter is queued, read under it).
+    pool_timed: AtomicBool,
 }
 
 enum Slot<M: Manager> {
@@ -41,10 +47,25 @@ pub(crate) enum Cancelled<M: Manager> {
 }
 
 impl<M: Manager> Waiter<M> {
-    pub(crate) fn new(enqueued: Instant) -> Self {
+    pub(crate) fn new(enqueued: Instant, deadline: Option<(Instant, Duration)>) -> Self {
         Waiter {
             slot: Mutex::new(Slot::Waiting(None)),
             enqueued,
+            deadline,
+            pool_timed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_pool_timed(&self) {
+        self.pool_timed.store(true, Ordering::Relaxed);
+    }
+
+    /// The deadline (and timeout) if the pool's deadline task watches this caller.
+    pub(crate) fn pool_deadline(&self) -> Option<(Instant, Duration)> {
+        if self.pool_timed.load(Ordering::Relaxed) {
+            self.deadline
+        } else {
+            None
         }
     }
 

@@ -63,6 +63,7 @@ momopool_tests::matrix!(
     d8_bounded_queue,
     waiters_25000_on_max_3_all_finish,
     d9_timeout_precision,
+    mixed_deadlines_each_time_out_on_time,
     max_connecting_limits_connects_in_flight,
     reuse_order_lifo_and_fifo,
     // faults in the manager and hooks

@@ -611,3 +611,63 @@ pub(crate) async fn reuse_order_lifo_and_fifo(rt: Rt) {
         assert_accounting(&pool);
     }
 }
+
+/// Waiting callers with different deadlines each time out at their own: the pool's deadline
+/// task serves callers whose deadlines rise along the queue, the others keep a timer of
+/// their own, and a cancelled caller left in the queue hides nobody's deadline.
+pub(crate) async fn mixed_deadlines_each_time_out_on_time(rt: Rt) {
+    let script = Script::new(rt.runtime());
+    let pool = pool_with(&rt, &script, |b| b.max_size(1).create_timeout(None));
+    let held = pool.get().await.unwrap();
+
+    // A caller with a long deadline queues first, then gives up: its slot stays queued.
+    let gave_up = rt
+        .timeout(
+            Duration::from_millis(30),
+            pool.get_timeout(Duration::from_secs(20)),
+        )
+        .await;
+    assert!(
+        gave_up.is_none(),
+        "nothing to get while the only connection is held"
+    );
+    assert_eq!(pool.status().waiting, 0);
+
+    let started = Instant::now();
+    let timed = |after: Duration| {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            let result = pool.get_timeout(after).await;
+            (result.map(drop), started.elapsed())
+        })
+    };
+    // Queue order: 150 ms, 60 ms (earlier than the one before it), 250 ms, 100 ms.
+    let deadlines = [150, 60, 250, 100].map(Duration::from_millis);
+    let mut waiters = Vec::new();
+    for (queued, after) in deadlines.into_iter().enumerate() {
+        waiters.push((after, timed(after)));
+        rt.wait_until(Duration::from_secs(2), "waiter queued", || {
+            pool.status().waiting == queued + 1
+        })
+        .await;
+    }
+    for (after, waiter) in waiters {
+        let (result, elapsed) = waiter.await;
+        match result {
+            Err(PoolError::Timeout(t)) => {
+                assert_eq!(t.phase(), Phase::Wait);
+                assert_eq!(t.after(), after);
+            }
+            other => panic!("[{}] expected a timeout, got {other:?}", rt.name()),
+        }
+        assert!(
+            elapsed >= after && elapsed <= after + EPSILON,
+            "[{}] a {after:?} deadline fired after {elapsed:?}",
+            rt.name()
+        );
+    }
+    assert_eq!(pool.status().waiting, 0);
+    assert_eq!(pool.statistics().gets_timed_out, 4);
+    drop(held);
+    assert_invariants(&rt, &pool, &script, 1).await;
+}
