@@ -170,7 +170,7 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
-    /// Asked when a connection comes back and again before it is handed out: `true` means
+    /// Asked before an idle connection is handed out (not when it comes back): `true` means
     /// [`check`](Manager::check) must run before anyone uses it, whatever the validation policy
     /// says: it carries state to clear (an open transaction, for example) or shows signs of
     /// trouble worth a round trip. Must be cheap and must not block. The default says

@@ -907,13 +907,12 @@ impl<M: Manager> Shared<M> {
         let broken = match entry.mark {
             Mark::Broken => Some(false),
             Mark::ServerGone => Some(true),
+            // `needs_check` is asked at checkout only: whatever it would see now, it still sees
+            // then, and a manager's answer may cost a system call.
             Mark::Keep => catch_unwind(AssertUnwindSafe(|| {
-                if manager.is_broken(&mut entry.conn) {
-                    Some(manager.is_server_gone(&mut entry.conn))
-                } else {
-                    entry.dirty |= manager.needs_check(&mut entry.conn);
-                    None
-                }
+                manager
+                    .is_broken(&mut entry.conn)
+                    .then(|| manager.is_server_gone(&mut entry.conn))
             }))
             .unwrap_or(Some(false)),
         };

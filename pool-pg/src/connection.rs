@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::types::{ToSql, Type};
@@ -149,20 +149,30 @@ impl Failure {
 /// the connection next would wait behind someone else's results.
 struct InFlight<'a> {
     broken: &'a AtomicBool,
+    answered: Option<&'a AtomicU64>,
     done: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(broken: &'a AtomicBool) -> Self {
+    fn new(broken: &'a AtomicBool, answered: Option<&'a AtomicU64>) -> Self {
         InFlight {
             broken,
+            answered,
             done: false,
         }
     }
 
     fn done(mut self) {
         self.done = true;
+        if let Some(answered) = self.answered {
+            answered.store(coarse_now(), Ordering::Relaxed);
+        }
     }
+}
+
+/// The coarse monotonic clock (one reading per scheduler tick, a few ns to read).
+fn coarse_now() -> u64 {
+    coarsetime::Instant::now_without_cache_update().as_ticks()
 }
 
 impl Drop for InFlight<'_> {
@@ -174,8 +184,12 @@ impl Drop for InFlight<'_> {
 }
 
 /// Runs `request`, marking the connection broken if the request is abandoned half-way.
-async fn guarded_request<T>(broken: &AtomicBool, request: impl Future<Output = T>) -> T {
-    let in_flight = InFlight::new(broken);
+async fn guarded_request<T>(
+    broken: &AtomicBool,
+    answered: Option<&AtomicU64>,
+    request: impl Future<Output = T>,
+) -> T {
+    let in_flight = InFlight::new(broken, answered);
     let out = request.await;
     in_flight.done();
     out
@@ -249,6 +263,8 @@ pub struct Connection {
     dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
+    /// When the last reply arrived, on the coarse clock.
+    answered: AtomicU64,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -412,6 +428,7 @@ impl Connection {
             backend_pid: 0,
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -493,7 +510,15 @@ impl Connection {
     /// Whether the server has sent something (or closed) while no request was outstanding:
     /// on an idle connection that is a goodbye, such as the FATAL of a shutdown. Only
     /// meaningful between statements.
+    ///
+    /// A connection that answered within the current tick of the coarse clock (1 to 10 ms) is
+    /// not peeked at: it was alive a moment ago, as after a check, and the peek is a system
+    /// call that a connection handed straight from one caller to the next would otherwise pay
+    /// on every checkout.
     pub(crate) fn input_pending(&self) -> bool {
+        if self.answered.load(Ordering::Relaxed) == coarse_now() {
+            return false;
+        }
         self.probe.as_ref().is_some_and(Probe::input_pending)
     }
 
@@ -536,7 +561,7 @@ impl Connection {
         }
         // Preparing has no side effects: a failure here leaves nothing half-done, so the
         // statement itself counts as not sent.
-        match guarded_request(&self.broken, self.client.prepare(sql)).await {
+        match guarded_request(&self.broken, Some(&self.answered), self.client.prepare(sql)).await {
             Ok(stmt) => {
                 self.cache().insert(sql, stmt.clone());
                 Ok(stmt)
@@ -563,7 +588,13 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match guarded_request(&self.broken, self.client.query(&stmt, params)).await {
+        match guarded_request(
+            &self.broken,
+            Some(&self.answered),
+            self.client.query(&stmt, params),
+        )
+        .await
+        {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -571,12 +602,16 @@ impl Connection {
                     return Err(Failure::sent(Error::PlanInvalidated(err)));
                 }
                 let stmt = self.prepare_cached(sql).await?;
-                guarded_request(&self.broken, self.client.query(&stmt, params))
-                    .await
-                    .map_err(|err| {
-                        self.note(&err);
-                        Failure::sent(err)
-                    })
+                guarded_request(
+                    &self.broken,
+                    Some(&self.answered),
+                    self.client.query(&stmt, params),
+                )
+                .await
+                .map_err(|err| {
+                    self.note(&err);
+                    Failure::sent(err)
+                })
             }
             Err(err) => {
                 self.note(&err);
@@ -598,17 +633,27 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match guarded_request(&self.broken, self.client.execute(&stmt, params)).await {
+        match guarded_request(
+            &self.broken,
+            Some(&self.answered),
+            self.client.execute(&stmt, params),
+        )
+        .await
+        {
             Ok(n) => Ok(n),
             Err(err) if is_plan_invalidated(&err) && !in_transaction => {
                 self.cache().remove(sql);
                 let stmt = self.prepare_cached(sql).await?;
-                guarded_request(&self.broken, self.client.execute(&stmt, params))
-                    .await
-                    .map_err(|err| {
-                        self.note(&err);
-                        Failure::sent(err)
-                    })
+                guarded_request(
+                    &self.broken,
+                    Some(&self.answered),
+                    self.client.execute(&stmt, params),
+                )
+                .await
+                .map_err(|err| {
+                    self.note(&err);
+                    Failure::sent(err)
+                })
             }
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -641,10 +686,12 @@ impl Connection {
             }
             Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
         };
-        guarded_request(&self.broken, run).await.map_err(|err| {
-            self.note(&err);
-            Failure::sent(err)
-        })
+        guarded_request(&self.broken, Some(&self.answered), run)
+            .await
+            .map_err(|err| {
+                self.note(&err);
+                Failure::sent(err)
+            })
     }
 
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
@@ -654,12 +701,16 @@ impl Connection {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
-        guarded_request(&self.broken, self.client.batch_execute(sql))
-            .await
-            .map_err(|err| {
-                self.note(&err);
-                Failure::sent(err)
-            })
+        guarded_request(
+            &self.broken,
+            Some(&self.answered),
+            self.client.batch_execute(sql),
+        )
+        .await
+        .map_err(|err| {
+            self.note(&err);
+            Failure::sent(err)
+        })
     }
 
     /// Runs a statement and returns its rows.
@@ -879,15 +930,24 @@ impl Connection {
             let rendering = render_literals_sql(&types);
             let typed: Vec<(&(dyn ToSql + Sync), Type)> =
                 params.iter().copied().zip(types.iter().cloned()).collect();
-            let rendered =
-                guarded_request(&self.broken, self.client.query_typed(&rendering, &typed)).await;
+            let rendered = guarded_request(
+                &self.broken,
+                Some(&self.answered),
+                self.client.query_typed(&rendering, &typed),
+            )
+            .await;
             (types, rendered)
         } else {
             let stmt = self.prepare_cached(sql).await?;
             let types: Vec<Type> = stmt.params().to_vec();
             let rendering = render_literals_sql(&types);
             let render = self.prepare_cached(&rendering).await?;
-            let rendered = guarded_request(&self.broken, self.client.query(&render, params)).await;
+            let rendered = guarded_request(
+                &self.broken,
+                Some(&self.answered),
+                self.client.query(&render, params),
+            )
+            .await;
             (types, rendered)
         };
         let row = match rendered {
@@ -993,7 +1053,7 @@ impl Connection {
                     }
                     State::Open(tx, portal) => (tx, portal),
                 };
-                match guarded_request(broken, tx.query_portal(&portal, chunk)).await {
+                match guarded_request(broken, None, tx.query_portal(&portal, chunk)).await {
                     Ok(rows) if rows.is_empty() => {
                         drop(portal);
                         match tx.commit().await {

@@ -41,7 +41,8 @@ const TASKS: [usize; 3] = [8, 64, 256];
 const MAX_CONNECTIONS: &str = "300";
 /// A run in which other processes used more than this share of the machine is repeated.
 const MAX_OTHER_LOAD: f64 = 0.05;
-/// How many times at most a run is repeated because of other load.
+/// How many times at most a run is repeated because of other load (each time once the
+/// machine is quiet again, or after [`QUIET_WAIT`]).
 const LOAD_RETRIES: usize = 3;
 /// How long to wait at the start for the machine to become quiet.
 const QUIET_WAIT: Duration = Duration::from_secs(300);
@@ -52,6 +53,44 @@ const EXCLUSIVE_VS_DEADPOOL: f64 = 1.0;
 const SHARED_VS_RAW: f64 = 0.9;
 /// Shared mode's throughput target relative to deadpool-postgres at T = 256.
 const SHARED_VS_DEADPOOL: f64 = 2.0;
+
+/// How undisturbed the runs were.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    /// Runs thrown away and repeated because other processes used the machine meanwhile.
+    repeated: usize,
+    /// Kept runs that still had such load (the retries ran out).
+    loaded: usize,
+    /// CPU-seconds other processes used during the measured part of the kept runs.
+    others: f64,
+    /// Core-seconds available during the measured part of the kept runs.
+    capacity: f64,
+}
+
+impl Tally {
+    /// Adds the runs of one configuration.
+    fn add_runs(&mut self, m: &Measured) {
+        self.repeated += m.repeated;
+        self.loaded += m.loaded;
+        for r in &m.series.done {
+            self.add_usage(&r.cpu);
+        }
+    }
+
+    /// Adds one kept run's CPU usage.
+    fn add_usage(&mut self, usage: &cpu::Usage) {
+        self.others += usage.others;
+        self.capacity += usage.wall * cpu::cores() as f64;
+    }
+
+    /// Adds another tally.
+    fn add(&mut self, other: Tally) {
+        self.repeated += other.repeated;
+        self.loaded += other.loaded;
+        self.others += other.others;
+        self.capacity += other.capacity;
+    }
+}
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -223,23 +262,17 @@ fn main() -> ExitCode {
         load_retries: LOAD_RETRIES,
     };
     let mut targets = Vec::new();
-    let mut repeated = 0;
-    let mut loaded = 0;
+    let mut tally = Tally::default();
     if wanted("pools") {
-        let (t, r, l) = pools_section(&settings, &plan);
+        let (t, section) = pools_section(&settings, &plan);
         targets.extend(t);
-        repeated += r;
-        loaded += l;
+        tally.add(section);
     }
     if wanted("pgbench") {
-        let (r, l) = pgbench_section(&settings, &cluster, &host, postmaster);
-        repeated += r;
-        loaded += l;
+        tally.add(pgbench_section(&settings, &cluster, &host, postmaster));
     }
     if wanted("diagnose") {
-        let (r, l) = diagnose_section(&settings, &plan);
-        repeated += r;
-        loaded += l;
+        tally.add(diagnose_section(&settings, &plan));
     }
     summary(&targets);
     let wall = started.elapsed().as_secs_f64();
@@ -248,21 +281,30 @@ fn main() -> ExitCode {
     if let (Some(before), Some(after)) = (before, cpu::Sample::now(postmaster)) {
         let usage = before.until(after);
         println!(
-            "CPU time meanwhile: this benchmark (pgbench included) {:.0} s, the PostgreSQL server \
-             {:.0} s, kernel threads {:.0} s, every other process {:.0} s ({:.1} % of the {:.0} \
-             core-seconds available); stolen by the hypervisor {:.1} s. {repeated} runs were \
-             repeated because other processes used more than {:.0} % of the machine during \
-             them; {loaded} runs kept such load after {LOAD_RETRIES} retries.",
+            "CPU time meanwhile (waits for quiet included): this benchmark (pgbench included) \
+             {:.0} s, the PostgreSQL server {:.0} s, kernel threads {:.0} s, every other process \
+             {:.0} s, of the {:.0} core-seconds available; stolen by the hypervisor {:.1} s.",
             usage.own,
             usage.server,
             usage.kernel,
             usage.others,
-            100.0 * usage.others_share(),
             usage.wall * cpu::cores() as f64,
             usage.steal,
-            MAX_OTHER_LOAD * 100.0,
         );
+        println!();
     }
+    println!(
+        "During the measured part of the runs reported above, other processes used {:.1} \
+         CPU-seconds, {:.2} % of the {:.0} core-seconds available. {} runs were thrown away and \
+         repeated because other processes used more than {:.0} % of the machine during them; \
+         {} runs kept such load after {LOAD_RETRIES} repetitions.",
+        tally.others,
+        100.0 * tally.others / tally.capacity.max(1e-9),
+        tally.capacity,
+        tally.repeated,
+        MAX_OTHER_LOAD * 100.0,
+        tally.loaded,
+    );
     drop(cluster);
     ExitCode::SUCCESS
 }
@@ -275,7 +317,7 @@ fn usage_error(arg: &str) -> ExitCode {
 
 /// Waits (up to [`QUIET_WAIT`]) until other processes use at most [`MAX_OTHER_LOAD`] of the
 /// machine over two seconds; returns how long that took, or `None` if it never happened.
-fn wait_for_quiet(postmaster: Option<u32>) -> Option<Duration> {
+pub(crate) fn wait_for_quiet(postmaster: Option<u32>) -> Option<Duration> {
     let started = Instant::now();
     loop {
         let before = cpu::Sample::now(postmaster)?;
@@ -386,9 +428,9 @@ fn keep(settings: &Settings, list: Vec<Variant>) -> Vec<Variant> {
     }
 }
 
-/// Section 1: every variant at every (P, T). Returns the targets, the runs repeated because
-/// of load and the runs kept with load.
-fn pools_section(settings: &Settings, plan: &Plan) -> (Vec<Target>, usize, usize) {
+/// Section 1: every variant at every (P, T). Returns the targets and how undisturbed the runs
+/// were.
+fn pools_section(settings: &Settings, plan: &Plan) -> (Vec<Target>, Tally) {
     println!("## 1. SELECT 1 through each pool, and through raw clients");
     println!();
     println!(
@@ -437,13 +479,12 @@ fn pools_section(settings: &Settings, plan: &Plan) -> (Vec<Target>, usize, usize
     let variants = variants(settings);
     let mut targets = Vec::new();
     let mut rows = Vec::new();
-    let (mut repeated, mut loaded) = (0, 0);
+    let mut tally = Tally::default();
     for &size in &settings.sizes {
         for &tasks in &settings.tasks {
             let configs: Vec<_> = variants.iter().map(|&v| (v, size, tasks)).collect();
             let measured = run::interleaved(&configs, settings.runs, plan);
-            repeated += measured.iter().map(|m| m.repeated).sum::<usize>();
-            loaded += measured.iter().map(|m| m.loaded).sum::<usize>();
+            measured.iter().for_each(|m| tally.add_runs(m));
             let rate_of = |v: Variant| {
                 variants
                     .iter()
@@ -458,7 +499,7 @@ fn pools_section(settings: &Settings, plan: &Plan) -> (Vec<Target>, usize, usize
         }
     }
     print_table(&rows);
-    (targets, repeated, loaded)
+    (targets, tally)
 }
 
 /// The pool table: its header, then `rows`.
@@ -615,9 +656,9 @@ fn grid_targets(
     targets
 }
 
-/// The diagnostic section: which layer of momopool-pg costs what, at P = 8. Returns the runs
-/// repeated because of load and the runs kept with load.
-fn diagnose_section(settings: &Settings, plan: &Plan) -> (usize, usize) {
+/// The diagnostic section: which layer of momopool-pg costs what, at P = 8. Returns how
+/// undisturbed the runs were.
+fn diagnose_section(settings: &Settings, plan: &Plan) -> Tally {
     println!("## Diagnostics: momopool-pg's layers");
     println!();
     println!(
@@ -648,7 +689,7 @@ fn diagnose_section(settings: &Settings, plan: &Plan) -> (usize, usize) {
         ],
     );
     let mut rows = Vec::new();
-    let (mut repeated, mut loaded) = (0, 0);
+    let mut tally = Tally::default();
     for &tasks in &settings.tasks {
         // One connection per task only fits while T ≤ P.
         let variants: Vec<Variant> = variants
@@ -658,8 +699,7 @@ fn diagnose_section(settings: &Settings, plan: &Plan) -> (usize, usize) {
             .collect();
         let configs: Vec<_> = variants.iter().map(|&v| (v, 8, tasks)).collect();
         let measured = run::interleaved(&configs, settings.runs, plan);
-        repeated += measured.iter().map(|m| m.repeated).sum::<usize>();
-        loaded += measured.iter().map(|m| m.loaded).sum::<usize>();
+        measured.iter().for_each(|m| tally.add_runs(m));
         let deadpool = variants
             .iter()
             .position(|v| *v == Variant::Deadpool)
@@ -669,16 +709,16 @@ fn diagnose_section(settings: &Settings, plan: &Plan) -> (usize, usize) {
         }
     }
     print_table(&rows);
-    (repeated, loaded)
+    tally
 }
 
-/// Section 2: pgbench. Returns the runs repeated because of load and the runs kept with load.
+/// Section 2: pgbench. Returns how undisturbed the runs were.
 fn pgbench_section(
     settings: &Settings,
     cluster: &Cluster,
     host: &str,
     postmaster: Option<u32>,
-) -> (usize, usize) {
+) -> Tally {
     println!("## 2. pgbench: the server's ceiling");
     println!();
     let dir = std::env::temp_dir().join(format!("momopool-pg-bench-{}", std::process::id()));
@@ -700,7 +740,7 @@ fn pgbench_section(
             println!("pgbench not run: {e}");
             println!();
             let _ = std::fs::remove_dir_all(&dir);
-            return (0, 0);
+            return Tally::default();
         }
     };
     println!(
@@ -717,7 +757,7 @@ fn pgbench_section(
     );
     println!();
     let scripts = [Script::SelectOnly, Script::Select1, Script::Pipelined];
-    let (mut repeated, mut loaded) = (0, 0);
+    let mut tally = Tally::default();
     let mut rows = Vec::new();
     for &clients in &settings.sizes {
         let mut series: Vec<Series<PgbenchRun>> =
@@ -745,17 +785,21 @@ fn pgbench_section(
                         break outcome;
                     }
                     if attempt >= LOAD_RETRIES {
-                        loaded += 1;
+                        tally.loaded += 1;
                         break outcome;
                     }
                     eprintln!(
-                        "  other processes used {:.0} % of the machine; repeating the run",
+                        "  other processes used {:.0} % of the machine; repeating the run once \
+                         it is quiet",
                         share * 100.0
                     );
                     attempt += 1;
-                    repeated += 1;
-                    std::thread::sleep(Duration::from_secs(2));
+                    tally.repeated += 1;
+                    wait_for_quiet(postmaster);
                 };
+                if let harness::Outcome::Done(r) = &outcome {
+                    tally.add_usage(&r.cpu);
+                }
                 s.push(outcome);
             }
         }
@@ -792,7 +836,7 @@ fn pgbench_section(
     }
     println!();
     let _ = std::fs::remove_dir_all(&dir);
-    (repeated, loaded)
+    tally
 }
 
 /// The verdict table.

@@ -199,12 +199,13 @@ pub(crate) fn interleaved(
                     break outcome;
                 }
                 eprintln!(
-                    "  other processes used {:.0} % of the machine; repeating the run",
+                    "  other processes used {:.0} % of the machine; repeating the run once it \
+                     is quiet",
                     share * 100.0
                 );
                 attempt += 1;
                 m.repeated += 1;
-                std::thread::sleep(Duration::from_secs(2));
+                crate::wait_for_quiet(plan.postmaster);
             };
             m.series.push(outcome);
             if m.series.hung {
