@@ -53,7 +53,9 @@ impl Probe {
     /// A description for the table.
     fn describe(self) -> &'static str {
         match self {
-            Probe::Momo => "momopool, defaults (30 s wait timeout, watched by the pool's deadline task)",
+            Probe::Momo => {
+                "momopool, defaults (30 s wait timeout, watched by the pool's deadline task)"
+            }
             Probe::MomoNoTimeouts => "momopool, no timeouts",
             Probe::Deadpool => "deadpool with timeouts (reference)",
             Probe::Notify => {
