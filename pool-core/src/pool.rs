@@ -5,7 +5,8 @@ use crate::error::{BuildError, HookError, PoolError};
 use crate::manager::{Manager, Metrics};
 use crate::runtime::{BoxFuture, Runtime};
 use crate::shared::{
-    Acquired, Entry, Mark, Prepared, Shared, Unprepared, WaitFor, maintenance_task,
+    Acquired, Boxed, Entry, Mark, Prepared, Shared, Unprepared, WaitFor, maintenance_task,
+    start_deadline,
 };
 use crate::stats::{Statistics, Status};
 use std::fmt;
@@ -305,9 +306,7 @@ impl<M: Manager> Pool<M> {
                 // would make every `get()` future (and every checkout) pay for their size.
                 Prepared::Check(entry) => {
                     let now = Instant::now();
-                    if deadline.is_none() {
-                        deadline = timeout.and_then(|t| now.checked_add(t));
-                    }
+                    let deadline = start_deadline(&mut deadline, timeout, now);
                     let checked = Box::pin(shared.check_entry(entry, now, deadline, timeout)).await;
                     match checked {
                         Ok(entry) => return Ok(Pooled::new(Arc::clone(shared), entry, location)),
@@ -1545,14 +1544,14 @@ impl<M: Manager> PoolBuilder<M> {
 pub struct Pooled<M: Manager> {
     // Two pointers: everything else a checkout carries lives in the boxed entry, so handing
     // a guard around moves 16 bytes.
-    entry: Option<Box<Entry<M::Connection>>>,
+    entry: Option<Boxed<M>>,
     shared: Arc<Shared<M>>,
 }
 
 impl<M: Manager> Pooled<M> {
     fn new(
         shared: Arc<Shared<M>>,
-        mut entry: Box<Entry<M::Connection>>,
+        mut entry: Boxed<M>,
         location: &'static Location<'static>,
     ) -> Self {
         entry.mark = Mark::Keep;

@@ -60,8 +60,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// What a waiting caller is handed: a connection or an error.
-pub(crate) type Handout<M> =
-    Result<Box<Entry<<M as Manager>::Connection>>, PoolError<<M as Manager>::Error>>;
+pub(crate) type Handout<M> = Result<Boxed<M>, PoolError<<M as Manager>::Error>>;
 
 /// A connection with its bookkeeping, boxed once when it is created so that a checkout moves
 /// one pointer around instead of the whole record.
@@ -111,6 +110,18 @@ impl<C> Entry<C> {
     }
 }
 
+/// Sets a caller's deadline from its timeout the first time one is needed, and returns it.
+pub(crate) fn start_deadline(
+    deadline: &mut Option<Instant>,
+    timeout: Option<Duration>,
+    now: Instant,
+) -> Option<Instant> {
+    if deadline.is_none() {
+        *deadline = timeout.and_then(|t| now.checked_add(t));
+    }
+    *deadline
+}
+
 /// Backoff between failed connects.
 #[derive(Debug, Default)]
 struct Reconnect {
@@ -120,7 +131,7 @@ struct Reconnect {
 }
 
 pub(crate) struct State<M: Manager> {
-    idle: VecDeque<Box<Entry<M::Connection>>>,
+    idle: VecDeque<Boxed<M>>,
     in_use: usize,
     creating: usize,
     /// Connections taken out of the pool and not dropped yet: they still exist, so their
@@ -162,15 +173,47 @@ impl<M: Manager> State<M> {
         self.exists() + self.creating
     }
 
-    fn pop_idle(&mut self, reuse: Reuse) -> Option<Box<Entry<M::Connection>>> {
+    fn pop_idle(&mut self, reuse: Reuse) -> Option<Boxed<M>> {
         match reuse {
             Reuse::Lifo => self.idle.pop_back(),
             Reuse::Fifo => self.idle.pop_front(),
         }
     }
 
+    /// Checks out an idle connection for a caller that may take one now.
+    fn checkout_idle(&mut self, reuse: Reuse) -> Option<Boxed<M>> {
+        if self.suspended {
+            return None;
+        }
+        let entry = self.pop_idle(reuse)?;
+        self.in_use += 1;
+        self.stats.gets_direct += 1;
+        Some(entry)
+    }
+
+    /// The timeout a waiting caller gets: in the create phase while connects are under way
+    /// or pending, with the last connect error when there is one to tell.
+    fn wait_timeout(&self, after: Duration) -> PoolError<M::Error> {
+        let connecting = self.creating > 0 || self.reconnect.pending;
+        let phase = if connecting {
+            Phase::Create
+        } else {
+            Phase::Wait
+        };
+        let last_error = if connecting || self.down {
+            self.last_error.clone()
+        } else {
+            None
+        };
+        PoolError::Timeout(TimeoutError {
+            phase,
+            after,
+            last_error,
+        })
+    }
+
     /// Hands `entry` to the oldest waiter, or puts it with the idle connections.
-    fn place(&mut self, mut entry: Box<Entry<M::Connection>>, after: &mut After<M>) {
+    fn place(&mut self, mut entry: Boxed<M>, after: &mut After<M>) {
         if !self.suspended {
             while let Some(waiter) = self.waiters.pop_front() {
                 match waiter.offer(entry) {
@@ -296,7 +339,7 @@ impl<M: Manager> Drop for Locked<'_, M> {
 pub(crate) struct After<M: Manager> {
     wake_one: Option<Waker>,
     wake_more: Vec<Waker>,
-    discard: Vec<(Box<Entry<M::Connection>>, Removal)>,
+    discard: Vec<(Boxed<M>, Removal)>,
     creates: usize,
     retry_in: Option<Duration>,
 }
@@ -323,7 +366,7 @@ impl<M: Manager> After<M> {
         }
     }
 
-    fn discard(&mut self, entry: Box<Entry<M::Connection>>, reason: Removal, state: &mut State<M>) {
+    fn discard(&mut self, entry: Boxed<M>, reason: Removal, state: &mut State<M>) {
         state.stats.closed.add(reason);
         state.closing += 1;
         self.discard.push((entry, reason));
@@ -406,7 +449,7 @@ pub(crate) struct Shared<M: Manager> {
 
 /// What `try_acquire` found.
 pub(crate) enum Acquired<M: Manager> {
-    Ready(Box<Entry<M::Connection>>),
+    Ready(Boxed<M>),
     /// Queued; `true` when the pool's deadline task times the caller out.
     Queued(Arc<Waiter<M>>, bool),
 }
@@ -414,9 +457,9 @@ pub(crate) enum Acquired<M: Manager> {
 /// What the synchronous part of preparing a connection decided.
 pub(crate) enum Prepared<M: Manager> {
     /// Hand it out.
-    Ready(Box<Entry<M::Connection>>),
+    Ready(Boxed<M>),
     /// Check it first.
-    Check(Box<Entry<M::Connection>>),
+    Check(Boxed<M>),
     /// It was discarded; try another.
     Retry,
 }
@@ -505,18 +548,15 @@ impl<M: Manager> Shared<M> {
     // ---- checkout -------------------------------------------------------------------------
 
     /// The fast path of a checkout: an idle connection, if one is ready and nobody is queued.
-    pub(crate) fn take_idle(&self) -> Option<Box<Entry<M::Connection>>> {
+    pub(crate) fn take_idle(&self) -> Option<Boxed<M>> {
         if self.queued.load(Ordering::Relaxed) {
             return None;
         }
         let mut st = self.lock();
-        if st.closed || st.suspended || st.waiting > 0 {
+        if st.closed || st.waiting > 0 {
             return None;
         }
-        let entry = st.pop_idle(self.config.reuse)?;
-        st.in_use += 1;
-        st.stats.gets_direct += 1;
-        Some(entry)
+        st.checkout_idle(self.config.reuse)
     }
 
     /// Takes an idle connection if nobody is queued (or `front`: this caller was first in
@@ -532,20 +572,15 @@ impl<M: Manager> Shared<M> {
         // Read the clock and allocate the slot before taking the lock, to keep the time it is
         // held short: a caller here most likely queues.
         let now = Instant::now();
-        if deadline.is_none() {
-            *deadline = timeout.and_then(|t| now.checked_add(t));
-        }
-        let deadline = deadline.zip(timeout);
+        let deadline = start_deadline(deadline, timeout, now).zip(timeout);
         let waiter = Arc::new(Waiter::new(now, deadline));
         let queued = Arc::clone(&waiter);
         let mut st = self.lock();
         if st.closed {
             return Err(PoolError::Closed);
         }
-        if !st.suspended && (front || st.waiting == 0) {
-            if let Some(entry) = st.pop_idle(self.config.reuse) {
-                st.in_use += 1;
-                st.stats.gets_direct += 1;
+        if front || st.waiting == 0 {
+            if let Some(entry) = st.checkout_idle(self.config.reuse) {
                 return Ok(Acquired::Ready(entry));
             }
         }
@@ -648,22 +683,7 @@ impl<M: Manager> Shared<M> {
             expired.push((Arc::clone(waiter), after));
         }
         for (waiter, waited) in expired {
-            let connecting = st.creating > 0 || st.reconnect.pending;
-            let phase = if connecting {
-                Phase::Create
-            } else {
-                Phase::Wait
-            };
-            let last_error = if connecting || st.down {
-                st.last_error.clone()
-            } else {
-                None
-            };
-            let timeout = PoolError::Timeout(TimeoutError {
-                phase,
-                after: waited,
-                last_error,
-            });
+            let timeout = st.wait_timeout(waited);
             if let Ok(waker) = waiter.fail(timeout) {
                 st.waiting -= 1;
                 st.stats.gets_timed_out += 1;
@@ -699,22 +719,7 @@ impl<M: Manager> Shared<M> {
                     st.stats.gets_cancelled += 1;
                 }
                 st.compact_waiters();
-                let connecting = st.creating > 0 || st.reconnect.pending;
-                let phase = if connecting {
-                    Phase::Create
-                } else {
-                    Phase::Wait
-                };
-                let last_error = if connecting || st.down {
-                    st.last_error.clone()
-                } else {
-                    None
-                };
-                Err(PoolError::Timeout(TimeoutError {
-                    phase,
-                    after: Duration::ZERO,
-                    last_error,
-                }))
+                Err(st.wait_timeout(Duration::ZERO))
             }
             Cancelled::Served(entry) if keep_served => Ok(Some(entry)),
             Cancelled::Served(entry) => {
@@ -738,7 +743,7 @@ impl<M: Manager> Shared<M> {
     /// the slow part ([`check_entry`](Shared::check_entry)) is due. Kept apart so that the
     /// `get()` future stays small: the check's own futures are boxed, and only when a check
     /// really runs.
-    pub(crate) fn prepare(self: &Arc<Self>, mut entry: Box<Entry<M::Connection>>) -> Prepared<M> {
+    pub(crate) fn prepare(self: &Arc<Self>, mut entry: Boxed<M>) -> Prepared<M> {
         if entry.fresh {
             entry.fresh = false;
             entry.uses += 1;
@@ -788,11 +793,11 @@ impl<M: Manager> Shared<M> {
     /// bounded by the recycle timeout and the caller's deadline.
     pub(crate) async fn check_entry(
         self: &Arc<Self>,
-        entry: Box<Entry<M::Connection>>,
+        entry: Boxed<M>,
         now: Instant,
         deadline: Option<Instant>,
         wait_timeout: Option<Duration>,
-    ) -> Result<Box<Entry<M::Connection>>, Unprepared<M::Error>> {
+    ) -> Result<Boxed<M>, Unprepared<M::Error>> {
         let manager = &self.manager;
         let generation = self.generation.load(Ordering::Acquire);
         // The check borrows the connection across awaits: if the caller is cancelled half-way
@@ -881,12 +886,7 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Closes a connection that was counted as in use.
-    fn discard_in_use(
-        self: &Arc<Self>,
-        entry: Box<Entry<M::Connection>>,
-        reason: Removal,
-        gone: bool,
-    ) {
+    fn discard_in_use(self: &Arc<Self>, entry: Boxed<M>, reason: Removal, gone: bool) {
         let mut after = After::default();
         let mut st = self.lock();
         st.in_use -= 1;
@@ -902,7 +902,7 @@ impl<M: Manager> Shared<M> {
     // ---- return ---------------------------------------------------------------------------
 
     /// A guard gave its connection back.
-    pub(crate) fn give_back(self: &Arc<Self>, mut entry: Box<Entry<M::Connection>>) {
+    pub(crate) fn give_back(self: &Arc<Self>, mut entry: Boxed<M>) {
         let manager = &self.manager;
         let broken = match entry.mark {
             Mark::Broken => Some(false),
@@ -1537,7 +1537,7 @@ impl<M: Manager> Drop for Shared<M> {
 /// Discards the connection if a check is abandoned half-way.
 struct Checking<'a, M: Manager> {
     shared: &'a Arc<Shared<M>>,
-    entry: Option<Box<Entry<M::Connection>>>,
+    entry: Option<Boxed<M>>,
 }
 
 impl<M: Manager> Drop for Checking<'_, M> {

@@ -7,7 +7,7 @@
 
 use crate::error::PoolError;
 use crate::manager::Manager;
-use crate::shared::{Entry, Handout};
+use crate::shared::{Boxed, Handout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -25,7 +25,7 @@ pub(crate) struct Waiter<M: Manager> {
 
 enum Slot<M: Manager> {
     Waiting(Option<Waker>),
-    Served(Box<Entry<M::Connection>>),
+    Served(Boxed<M>),
     /// Boxed: errors are rare, and the slot's size is paid by every waiting caller.
     Failed(Box<PoolError<M::Error>>),
     /// The caller gave up; the slot stays in the queue until the pool skips or compacts it.
@@ -39,7 +39,7 @@ pub(crate) enum Cancelled<M: Manager> {
     /// It was still waiting: now it is cancelled.
     WasWaiting,
     /// A connection had already been handed to it.
-    Served(Box<Entry<M::Connection>>),
+    Served(Boxed<M>),
     /// An error had already been delivered to it.
     Failed(PoolError<M::Error>),
     /// Nothing to do: already cancelled or finished.
@@ -96,10 +96,7 @@ impl<M: Manager> Waiter<M> {
     }
 
     /// Hands a connection to this waiter if it is still waiting (pool lock held).
-    pub(crate) fn offer(
-        &self,
-        entry: Box<Entry<M::Connection>>,
-    ) -> Result<Option<Waker>, Box<Entry<M::Connection>>> {
+    pub(crate) fn offer(&self, entry: Boxed<M>) -> Result<Option<Waker>, Boxed<M>> {
         let mut slot = self.slot();
         match &mut *slot {
             Slot::Waiting(waker) => {

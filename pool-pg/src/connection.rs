@@ -495,6 +495,12 @@ impl Connection {
             || self.driver.closed.load(Ordering::SeqCst)
     }
 
+    /// Sends one request, marking the connection broken if the caller abandons it half-way
+    /// and noting when its reply arrived.
+    async fn tracked<T>(&self, request: impl Future<Output = T>) -> T {
+        guarded_request(&self.broken, Some(&self.answered), request).await
+    }
+
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
     }
@@ -561,7 +567,7 @@ impl Connection {
         }
         // Preparing has no side effects: a failure here leaves nothing half-done, so the
         // statement itself counts as not sent.
-        match guarded_request(&self.broken, Some(&self.answered), self.client.prepare(sql)).await {
+        match self.tracked(self.client.prepare(sql)).await {
             Ok(stmt) => {
                 self.cache().insert(sql, stmt.clone());
                 Ok(stmt)
@@ -588,13 +594,7 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match guarded_request(
-            &self.broken,
-            Some(&self.answered),
-            self.client.query(&stmt, params),
-        )
-        .await
-        {
+        match self.tracked(self.client.query(&stmt, params)).await {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -602,16 +602,12 @@ impl Connection {
                     return Err(Failure::sent(Error::PlanInvalidated(err)));
                 }
                 let stmt = self.prepare_cached(sql).await?;
-                guarded_request(
-                    &self.broken,
-                    Some(&self.answered),
-                    self.client.query(&stmt, params),
-                )
-                .await
-                .map_err(|err| {
-                    self.note(&err);
-                    Failure::sent(err)
-                })
+                self.tracked(self.client.query(&stmt, params))
+                    .await
+                    .map_err(|err| {
+                        self.note(&err);
+                        Failure::sent(err)
+                    })
             }
             Err(err) => {
                 self.note(&err);
@@ -633,27 +629,17 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match guarded_request(
-            &self.broken,
-            Some(&self.answered),
-            self.client.execute(&stmt, params),
-        )
-        .await
-        {
+        match self.tracked(self.client.execute(&stmt, params)).await {
             Ok(n) => Ok(n),
             Err(err) if is_plan_invalidated(&err) && !in_transaction => {
                 self.cache().remove(sql);
                 let stmt = self.prepare_cached(sql).await?;
-                guarded_request(
-                    &self.broken,
-                    Some(&self.answered),
-                    self.client.execute(&stmt, params),
-                )
-                .await
-                .map_err(|err| {
-                    self.note(&err);
-                    Failure::sent(err)
-                })
+                self.tracked(self.client.execute(&stmt, params))
+                    .await
+                    .map_err(|err| {
+                        self.note(&err);
+                        Failure::sent(err)
+                    })
             }
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -686,12 +672,10 @@ impl Connection {
             }
             Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
         };
-        guarded_request(&self.broken, Some(&self.answered), run)
-            .await
-            .map_err(|err| {
-                self.note(&err);
-                Failure::sent(err)
-            })
+        self.tracked(run).await.map_err(|err| {
+            self.note(&err);
+            Failure::sent(err)
+        })
     }
 
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
@@ -701,16 +685,12 @@ impl Connection {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
-        guarded_request(
-            &self.broken,
-            Some(&self.answered),
-            self.client.batch_execute(sql),
-        )
-        .await
-        .map_err(|err| {
-            self.note(&err);
-            Failure::sent(err)
-        })
+        self.tracked(self.client.batch_execute(sql))
+            .await
+            .map_err(|err| {
+                self.note(&err);
+                Failure::sent(err)
+            })
     }
 
     /// Runs a statement and returns its rows.
@@ -930,24 +910,16 @@ impl Connection {
             let rendering = render_literals_sql(&types);
             let typed: Vec<(&(dyn ToSql + Sync), Type)> =
                 params.iter().copied().zip(types.iter().cloned()).collect();
-            let rendered = guarded_request(
-                &self.broken,
-                Some(&self.answered),
-                self.client.query_typed(&rendering, &typed),
-            )
-            .await;
+            let rendered = self
+                .tracked(self.client.query_typed(&rendering, &typed))
+                .await;
             (types, rendered)
         } else {
             let stmt = self.prepare_cached(sql).await?;
             let types: Vec<Type> = stmt.params().to_vec();
             let rendering = render_literals_sql(&types);
             let render = self.prepare_cached(&rendering).await?;
-            let rendered = guarded_request(
-                &self.broken,
-                Some(&self.answered),
-                self.client.query(&render, params),
-            )
-            .await;
+            let rendered = self.tracked(self.client.query(&render, params)).await;
             (types, rendered)
         };
         let row = match rendered {

@@ -363,3 +363,44 @@ pub fn default_runtime() -> Result<std::sync::Arc<dyn PgRuntime>, crate::Error> 
             .into(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Probe;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// The probe sees unread input and a closed peer without consuming or waiting.
+    #[test]
+    fn probe_sees_input_and_goodbye_without_reading() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let probe = Probe(socket2::Socket::from(ours.try_clone().unwrap()));
+
+        assert!(!probe.input_pending(), "nothing sent yet");
+        server.write_all(b"E").unwrap();
+        let sent = std::time::Instant::now();
+        while !probe.input_pending() {
+            assert!(sent.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::yield_now();
+        }
+        assert!(probe.input_pending(), "peeking does not consume");
+
+        let (fresh_ours, fresh_server) = {
+            let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            (ours, server)
+        };
+        fresh_ours.set_nonblocking(true).unwrap();
+        let probe = Probe(socket2::Socket::from(fresh_ours));
+        assert!(!probe.input_pending());
+        drop(fresh_server);
+        let closed = std::time::Instant::now();
+        while !probe.input_pending() {
+            assert!(closed.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::yield_now();
+        }
+    }
+}
