@@ -13,6 +13,7 @@
 //! runs in a child process with `SMOL_THREADS=2` unless that is already set; each memory
 //! measurement runs in a fresh child process.
 
+mod floor;
 mod harness;
 mod load;
 mod memory;

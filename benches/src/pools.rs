@@ -205,6 +205,8 @@ pub(crate) enum Variant {
         /// Keep the default 30 s `get_timeout` (else `None`).
         get_timeout: bool,
     },
+    /// The reference floor ([`crate::floor`]): a minimal fair hand-off, no timeouts.
+    Floor,
 }
 
 /// momopool with its defaults.
@@ -227,6 +229,8 @@ pub(crate) const BB8: Variant = Variant::Bb8 {
 };
 /// mobc with its defaults.
 pub(crate) const MOBC: Variant = Variant::Mobc { get_timeout: true };
+/// The reference floor.
+pub(crate) const FLOOR: Variant = Variant::Floor;
 
 impl Variant {
     /// A short name for tables.
@@ -258,6 +262,7 @@ impl Variant {
             } => "bb8 (test_on_check_out off)".to_owned(),
             Variant::Mobc { get_timeout: true } => "mobc".to_owned(),
             Variant::Mobc { get_timeout: false } => "mobc (no get_timeout)".to_owned(),
+            Variant::Floor => "floor (reference, not a pool)".to_owned(),
         }
     }
 }
@@ -351,6 +356,7 @@ pub(crate) async fn with_pool<J: Job>(
                 .build(Noop::default());
             Ok(job.run(pool, size).await)
         }
+        Variant::Floor => Ok(job.run(crate::floor::Floor::new(size), size).await),
     }
 }
 

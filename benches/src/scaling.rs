@@ -3,7 +3,7 @@
 
 use crate::Settings;
 use crate::harness::uncontended;
-use crate::pools::{DEADPOOL, MOMO, MOMO_NO_TIMEOUTS};
+use crate::pools::{DEADPOOL, FLOOR, MOMO, MOMO_NO_TIMEOUTS};
 use crate::stats::{Series, Target, fmt_ns, fmt_rate};
 use crate::throughput::{Throughput, interleaved};
 
@@ -67,15 +67,16 @@ pub(crate) fn section(settings: &Settings) -> Vec<Target> {
     println!();
     println!(
         "Each task loops get, yield once, drop. T = {FEW} on the same pool is the baseline; \
-         momopool without timeouts and deadpool (with timeouts) are shown for reference, to \
-         separate the runtime's own cost of {MANY} tasks from the pool's."
+         momopool without timeouts, deadpool (with timeouts) and the floor (a minimal fair \
+         hand-off, see section 2) are shown for reference, to separate the runtime's own cost \
+         of {MANY} tasks from the pool's."
     );
     println!();
     println!(
         "| T | pool | run time | ops/s | ns per checkout (wall) | p50 | p99.9 | max (worst run) | failures |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---|");
-    let variants = [MOMO, MOMO_NO_TIMEOUTS, DEADPOOL];
+    let variants = [MOMO, MOMO_NO_TIMEOUTS, DEADPOOL, FLOOR];
     // Wall ns per checkout and checkouts per second, by task count, in `variants` order.
     let mut per_op: Vec<Vec<f64>> = Vec::new();
     let mut rates: Vec<Vec<f64>> = Vec::new();

@@ -4,8 +4,8 @@
 use crate::Settings;
 use crate::harness::{Outcome, Sched, on_smol, on_tokio, sleep};
 use crate::pools::{
-    BB8, BenchPool, DEADPOOL, DEADPOOL_NO_TIMEOUTS, Job, MOBC, MOMO, MOMO_NO_TIMEOUTS, Rt, Variant,
-    warm, with_pool,
+    BB8, BenchPool, DEADPOOL, DEADPOOL_NO_TIMEOUTS, FLOOR, Job, MOBC, MOMO, MOMO_NO_TIMEOUTS, Rt,
+    Variant, warm, with_pool,
 };
 use crate::stats::{RunStats, Series, Target, fmt_ns, fmt_rate};
 use std::future::Future;
@@ -138,9 +138,9 @@ pub(crate) fn interleaved(
 /// The throughput grid on one runtime: prints its table, returns its targets.
 pub(crate) fn grid(settings: &Settings, rt: Rt) -> Vec<Target> {
     let (variants, reference, compared): (Vec<Variant>, Variant, Vec<Variant>) = match rt {
-        Rt::Tokio => (vec![MOMO, DEADPOOL, BB8, MOBC], DEADPOOL, vec![MOMO]),
+        Rt::Tokio => (vec![MOMO, DEADPOOL, BB8, MOBC, FLOOR], DEADPOOL, vec![MOMO]),
         Rt::Smol => (
-            vec![MOMO, MOMO_NO_TIMEOUTS, DEADPOOL_NO_TIMEOUTS],
+            vec![MOMO, MOMO_NO_TIMEOUTS, DEADPOOL_NO_TIMEOUTS, FLOOR],
             DEADPOOL_NO_TIMEOUTS,
             vec![MOMO, MOMO_NO_TIMEOUTS],
         ),

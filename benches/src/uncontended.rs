@@ -4,7 +4,7 @@
 use crate::Settings;
 use crate::harness::uncontended;
 use crate::pools::{
-    BB8, Check, DEADPOOL, DEADPOOL_NO_TIMEOUTS, MOBC, MOMO, MOMO_NO_TIMEOUTS, Variant,
+    BB8, Check, DEADPOOL, DEADPOOL_NO_TIMEOUTS, FLOOR, MOBC, MOMO, MOMO_NO_TIMEOUTS, Variant,
 };
 use crate::stats::{Series, Target, median};
 use std::time::Instant;
@@ -70,6 +70,7 @@ fn describe(variant: Variant) -> (&'static str, &'static str) {
             },
             "no-op `check` every checkout (default)",
         ),
+        Variant::Floor => ("none", "none"),
     }
 }
 
@@ -99,6 +100,7 @@ pub(crate) fn section(settings: &Settings) -> Vec<Target> {
         },
         MOBC,
         Variant::Mobc { get_timeout: false },
+        FLOOR,
     ];
     let mut series: Vec<Series<f64>> = variants.iter().map(|_| Series::default()).collect();
     let mut clock = Vec::new();
