@@ -1,5 +1,6 @@
 //! The public handles: [`Pool`], [`PoolBuilder`] and the checkout guard [`Pooled`].
 
+use crate::clock::Moment;
 use crate::config::{PoolConfig, Reuse, Validation, check_sizes};
 use crate::error::{BuildError, HookError, PoolError};
 use crate::manager::{Manager, Metrics};
@@ -14,7 +15,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A hook run on a connection: `post_create`, `pre_recycle` or `post_recycle`.
 pub(crate) type HookFn<M> = Box<
@@ -305,7 +306,7 @@ impl<M: Manager> Pool<M> {
                 // Boxed: the check's futures are large and rarely needed, and inlining them
                 // would make every `get()` future (and every checkout) pay for their size.
                 Prepared::Check(entry) => {
-                    let now = Instant::now();
+                    let now = Moment::now();
                     let deadline = start_deadline(&mut deadline, timeout, now);
                     let checked = Box::pin(shared.check_entry(entry, now, deadline, timeout)).await;
                     match checked {
@@ -1455,6 +1456,7 @@ impl<M: Manager> PoolBuilder<M> {
         let runtime = self
             .runtime
             .ok_or_else(|| BuildError::new("runtime", "no runtime was given"))?;
+        crate::clock::calibrate();
         let shared = Arc::new(Shared::new(self.manager, runtime, self.config, self.hooks));
         shared
             .runtime

@@ -39,7 +39,7 @@
 //! before it is handed out again. `drain()` raises a second counter that retires connections
 //! instead.
 
-use crate::clock::Tick;
+use crate::clock::{Moment, Tick};
 use crate::config::{PoolConfig, Reuse, Validation};
 use crate::error::{Phase, PoolError, TimeoutError, panic_message};
 use crate::manager::{ErrorClass, Manager, Metrics, Removal};
@@ -112,10 +112,10 @@ impl<C> Entry<C> {
 
 /// Sets a caller's deadline from its timeout the first time one is needed, and returns it.
 pub(crate) fn start_deadline(
-    deadline: &mut Option<Instant>,
+    deadline: &mut Option<Moment>,
     timeout: Option<Duration>,
-    now: Instant,
-) -> Option<Instant> {
+    now: Moment,
+) -> Option<Moment> {
     if deadline.is_none() {
         *deadline = timeout.and_then(|t| now.checked_add(t));
     }
@@ -157,11 +157,11 @@ pub(crate) struct State<M: Manager> {
     /// arrival order and most use the same timeout, so the deadlines of pool-timed callers
     /// rise along the queue and the task only looks at its front. A caller whose deadline
     /// would break that order arms a timer of its own instead.
-    last_pool_deadline: Option<Instant>,
+    last_pool_deadline: Option<Moment>,
     /// The deadline task is running.
     deadline_task: bool,
     /// When that task next wakes up; an earlier deadline must wake it sooner.
-    deadline_wakes_at: Option<Instant>,
+    deadline_wakes_at: Option<Moment>,
 }
 
 impl<M: Manager> State<M> {
@@ -262,7 +262,7 @@ impl<M: Manager> State<M> {
     /// Whether the pool's deadline task can time out a caller queued at the back with this
     /// deadline (it keeps the pool-timed deadlines in queue order); otherwise the caller arms
     /// a timer of its own. Called before the caller is counted in `waiting`.
-    fn watch_deadline(&mut self, at: Instant) -> bool {
+    fn watch_deadline(&mut self, at: Moment) -> bool {
         if self.waiting == 0 {
             // Nobody waits: no order to keep.
             self.last_pool_deadline = None;
@@ -567,11 +567,11 @@ impl<M: Manager> Shared<M> {
         self: &Arc<Self>,
         front: bool,
         timeout: Option<Duration>,
-        deadline: &mut Option<Instant>,
+        deadline: &mut Option<Moment>,
     ) -> Result<Acquired<M>, PoolError<M::Error>> {
         // Read the clock and allocate the slot before taking the lock, to keep the time it is
         // held short: a caller here most likely queues.
-        let now = Instant::now();
+        let now = Moment::now();
         let deadline = start_deadline(deadline, timeout, now).zip(timeout);
         let waiter = Arc::new(Waiter::new(now, deadline));
         let queued = Arc::clone(&waiter);
@@ -657,8 +657,8 @@ impl<M: Manager> Shared<M> {
     /// Times out every caller whose deadline has passed; returns the next deadline, or
     /// `None` (and the task ends) when no caller waits with one.
     /// `all`: time out every pool-timed caller now (the task could not be started).
-    fn expire_waiters(self: &Arc<Self>, all: bool) -> Option<Instant> {
-        let now = Instant::now();
+    fn expire_waiters(self: &Arc<Self>, all: bool) -> Option<Moment> {
+        let now = Moment::now();
         let mut after = After::default();
         let mut st = self.lock();
         if st.closed {
@@ -794,8 +794,8 @@ impl<M: Manager> Shared<M> {
     pub(crate) async fn check_entry(
         self: &Arc<Self>,
         entry: Boxed<M>,
-        now: Instant,
-        deadline: Option<Instant>,
+        now: Moment,
+        deadline: Option<Moment>,
         wait_timeout: Option<Duration>,
     ) -> Result<Boxed<M>, Unprepared<M::Error>> {
         let manager = &self.manager;
@@ -1609,7 +1609,7 @@ async fn deadline_task<M: Manager>(weak: Weak<Shared<M>>) {
             let closed = shared.closed_listener();
             let earlier = shared.deadline_event.listen();
             shared.expire_waiters(false).map(|next| {
-                let wait = next.saturating_duration_since(Instant::now());
+                let wait = next.saturating_duration_since(Moment::now());
                 (shared.runtime.sleep(wait), closed, earlier)
             })
         }) else {
@@ -1657,7 +1657,7 @@ pub(crate) async fn maintenance_task<M: Manager>(weak: Weak<Shared<M>>) {
 pub(crate) struct WaitFor<'a, M: Manager> {
     pub(crate) shared: &'a Arc<Shared<M>>,
     pub(crate) waiter: Option<Arc<Waiter<M>>>,
-    pub(crate) deadline: &'a Option<Instant>,
+    pub(crate) deadline: &'a Option<Moment>,
     pub(crate) timeout: &'a Option<Duration>,
     /// The pool's deadline task times this caller out; no timer of its own.
     pub(crate) pool_timed: bool,
@@ -1704,7 +1704,7 @@ impl<M: Manager> Future for WaitFor<'_, M> {
         }
         if let Some(deadline) = *this.deadline {
             if this.timer.is_none() {
-                let now = Instant::now();
+                let now = Moment::now();
                 if now >= deadline {
                     return this.time_out();
                 }

@@ -5,19 +5,20 @@
 //! the caller takes the result out. The pool lock is always taken before a slot lock, never
 //! the other way round, and the caller's poll only takes the slot lock.
 
+use crate::clock::Moment;
 use crate::error::PoolError;
 use crate::manager::Manager;
 use crate::shared::{Boxed, Handout};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) struct Waiter<M: Manager> {
     slot: Mutex<Slot<M>>,
-    pub(crate) enqueued: Instant,
+    pub(crate) enqueued: Moment,
     /// The caller's deadline and the timeout it came from.
-    deadline: Option<(Instant, Duration)>,
+    deadline: Option<(Moment, Duration)>,
     /// The pool's deadline task times this caller out (set under the pool lock before the
     /// waiter is queued, read under it).
     pool_timed: AtomicBool,
@@ -47,7 +48,7 @@ pub(crate) enum Cancelled<M: Manager> {
 }
 
 impl<M: Manager> Waiter<M> {
-    pub(crate) fn new(enqueued: Instant, deadline: Option<(Instant, Duration)>) -> Self {
+    pub(crate) fn new(enqueued: Moment, deadline: Option<(Moment, Duration)>) -> Self {
         Waiter {
             slot: Mutex::new(Slot::Waiting(None)),
             enqueued,
@@ -61,7 +62,7 @@ impl<M: Manager> Waiter<M> {
     }
 
     /// The deadline (and timeout) if the pool's deadline task watches this caller.
-    pub(crate) fn pool_deadline(&self) -> Option<(Instant, Duration)> {
+    pub(crate) fn pool_deadline(&self) -> Option<(Moment, Duration)> {
         if self.pool_timed.load(Ordering::Relaxed) {
             self.deadline
         } else {
