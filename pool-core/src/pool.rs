@@ -1429,6 +1429,10 @@ impl<M: Manager> PoolBuilder<M> {
     /// Builds the pool without connecting: it never fails for an unreachable backend. The pool
     /// opens `min_size` connections in the background.
     ///
+    /// The first pool built in a process also calibrates the clock that times waiting callers
+    /// (against the OS clock; well under a millisecond on common machines), so that no caller
+    /// pays for it later.
+    ///
     /// # Errors
     ///
     /// A [`BuildError`] naming the first invalid setting, or `runtime` when none was given.
