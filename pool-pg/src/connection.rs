@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::types::{ToSql, Type};
@@ -149,30 +149,20 @@ impl Failure {
 /// the connection next would wait behind someone else's results.
 struct InFlight<'a> {
     broken: &'a AtomicBool,
-    answered: Option<&'a AtomicU64>,
     done: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(broken: &'a AtomicBool, answered: Option<&'a AtomicU64>) -> Self {
+    fn new(broken: &'a AtomicBool) -> Self {
         InFlight {
             broken,
-            answered,
             done: false,
         }
     }
 
     fn done(mut self) {
         self.done = true;
-        if let Some(answered) = self.answered {
-            answered.store(coarse_now(), Ordering::Relaxed);
-        }
     }
-}
-
-/// The coarse monotonic clock (one reading per scheduler tick, a few ns to read).
-fn coarse_now() -> u64 {
-    coarsetime::Instant::now_without_cache_update().as_ticks()
 }
 
 impl Drop for InFlight<'_> {
@@ -184,12 +174,8 @@ impl Drop for InFlight<'_> {
 }
 
 /// Runs `request`, marking the connection broken if the request is abandoned half-way.
-async fn guarded_request<T>(
-    broken: &AtomicBool,
-    answered: Option<&AtomicU64>,
-    request: impl Future<Output = T>,
-) -> T {
-    let in_flight = InFlight::new(broken, answered);
+async fn guarded_request<T>(broken: &AtomicBool, request: impl Future<Output = T>) -> T {
+    let in_flight = InFlight::new(broken);
     let out = request.await;
     in_flight.done();
     out
@@ -263,8 +249,6 @@ pub struct Connection {
     dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
-    /// When the last reply arrived, on the coarse clock.
-    answered: AtomicU64,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -428,7 +412,6 @@ impl Connection {
             backend_pid: 0,
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
-            answered: AtomicU64::new(0),
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -495,10 +478,9 @@ impl Connection {
             || self.driver.closed.load(Ordering::SeqCst)
     }
 
-    /// Sends one request, marking the connection broken if the caller abandons it half-way
-    /// and noting when its reply arrived.
+    /// Sends one request, marking the connection broken if the caller abandons it half-way.
     async fn tracked<T>(&self, request: impl Future<Output = T>) -> T {
-        guarded_request(&self.broken, Some(&self.answered), request).await
+        guarded_request(&self.broken, request).await
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
@@ -516,15 +498,7 @@ impl Connection {
     /// Whether the server has sent something (or closed) while no request was outstanding:
     /// on an idle connection that is a goodbye, such as the FATAL of a shutdown. Only
     /// meaningful between statements.
-    ///
-    /// A connection that answered within the current tick of the coarse clock (1 to 10 ms) is
-    /// not peeked at: it was alive a moment ago, as after a check, and the peek is a system
-    /// call that a connection handed straight from one caller to the next would otherwise pay
-    /// on every checkout.
     pub(crate) fn input_pending(&self) -> bool {
-        if self.answered.load(Ordering::Relaxed) == coarse_now() {
-            return false;
-        }
         self.probe.as_ref().is_some_and(Probe::input_pending)
     }
 
@@ -1025,7 +999,7 @@ impl Connection {
                     }
                     State::Open(tx, portal) => (tx, portal),
                 };
-                match guarded_request(broken, None, tx.query_portal(&portal, chunk)).await {
+                match guarded_request(broken, tx.query_portal(&portal, chunk)).await {
                     Ok(rows) if rows.is_empty() => {
                         drop(portal);
                         match tx.commit().await {

@@ -293,6 +293,7 @@ momopool_tests::matrix!(
     a6_rejected_by_pg_hba_or_unknown_database,
     b2_immediate_restart_under_query_loop,
     b3_silently_dead_idle_connections,
+    b1_idle_connection_closed_just_after_answering,
     c1_backend_terminated_mid_statement,
     c2_abrupt_loss_mid_statement,
     c2_backend_killed_mid_statement,

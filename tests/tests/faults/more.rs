@@ -96,6 +96,47 @@ pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
         .unwrap();
 }
 
+/// B1 at its sharpest: the far end closes an idle connection (here the network: a FIN from
+/// the proxy) just after it answered, and the next caller comes at once. The pool must see the end of file
+/// before handing the connection out, although the connection's driver task has not run yet
+/// to notice it (the test blocks its thread meanwhile, which on a current-thread runtime keeps
+/// the driver from running at all): the socket peek at checkout catches it, the connection is
+/// checked and replaced, and the statement runs on a new connection with no error. Without
+/// the peek the statement is sent on the dead socket and fails with its outcome unknown: on
+/// the current-thread runtime always; on multi-threaded executors only when the driver, on
+/// another thread, has not noticed first.
+pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "b1_fin");
+    let admin = admin_for(&rt, server, &app).await;
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(1)
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+    for round in 0..5 {
+        pool.query_one("SELECT 1", &[]).await.unwrap();
+        proxy.kill_all(Kill::Fin);
+        // Long enough for the FIN to arrive over loopback, well within one tick of a coarse
+        // clock: a connection that answered a moment ago is dead all the same.
+        std::thread::sleep(Duration::from_millis(2));
+        let row = pool
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap_or_else(|e| panic!("[{}] round {round}: {e:?}", rt.name()));
+        assert_eq!(row.get::<_, i32>(0), 1);
+    }
+    assert!(
+        pool.inner().statistics().created >= 6,
+        "[{}] every closed connection was replaced",
+        rt.name()
+    );
+    finish(&rt, &pool, &admin, &app, seen).await;
+}
+
 /// C2: the network cuts a connection after N bytes, here in the middle of a statement. The
 /// caller gets a connection-lost error (outcome unknown once sent), the statement is never
 /// replayed, and the pool heals on new connections.
