@@ -1,24 +1,12 @@
 //! Running one measurement in isolation: its own runtime, its own OS thread, and a watchdog so
 //! that a pool that never hands out a connection cannot stop the benchmark.
 
+use crate::isolate::{RUN_LIMIT, isolated, on_tokio_runtime};
 use crate::pools::{BenchPool, Job, Rt, Variant, warm, with_pool};
 use std::future::Future;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// How long one run may take before it counts as hung.
-pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// How a run ended.
-#[derive(Debug, Clone)]
-pub(crate) enum Outcome<T> {
-    /// It finished with this result.
-    Done(T),
-    /// A checkout failed (the pool's error, as text) or the pool could not be built.
-    Failed(String),
-    /// It did not finish within [`RUN_LIMIT`].
-    Hung,
-}
+pub(crate) use crate::isolate::Outcome;
 
 /// Which Tokio scheduler a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,16 +34,7 @@ where
             }
             Sched::Current => tokio::runtime::Builder::new_current_thread(),
         };
-        let rt = builder
-            .enable_time()
-            .build()
-            .map_err(|e| format!("cannot build a Tokio runtime: {e}"))?;
-        let result = rt.block_on(async move { tokio::time::timeout(RUN_LIMIT, make()).await });
-        rt.shutdown_timeout(Duration::from_secs(2));
-        match result {
-            Ok(inner) => inner.map(Some),
-            Err(_) => Ok(None),
-        }
+        on_tokio_runtime(builder.enable_time(), make)
     })
 }
 
@@ -80,30 +59,6 @@ where
             }
         })
     })
-}
-
-/// Runs `body` on a new thread; `Ok(None)` from it, or no answer within [`RUN_LIMIT`] plus a
-/// grace period (a runtime whose workers never yield), means hung.
-fn isolated<T, B>(body: B) -> Outcome<T>
-where
-    T: Send + 'static,
-    B: FnOnce() -> Result<Option<T>, String> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("bench-run".to_owned())
-        .spawn(move || {
-            let _ = tx.send(body());
-        });
-    if let Err(e) = spawned {
-        return Outcome::Failed(format!("cannot start a thread: {e}"));
-    }
-    match rx.recv_timeout(RUN_LIMIT + Duration::from_secs(15)) {
-        Ok(Ok(Some(value))) => Outcome::Done(value),
-        Ok(Ok(None)) | Err(mpsc::RecvTimeoutError::Timeout) => Outcome::Hung,
-        Ok(Err(message)) => Outcome::Failed(message),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Outcome::Failed("the run panicked".to_owned()),
-    }
 }
 
 /// Sleeps on whichever runtime is running.

@@ -13,9 +13,12 @@
 //! runs in a child process with `SMOL_THREADS=2` unless that is already set; each memory
 //! measurement runs in a fresh child process.
 
+// Shared with pg-bench, which uses parts of it this binary does not.
+#[allow(dead_code)]
+mod cpu;
 mod floor;
 mod harness;
-mod load;
+mod isolate;
 mod memory;
 mod pools;
 mod scaling;
@@ -132,7 +135,7 @@ fn main() -> ExitCode {
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
 
     let started = Instant::now();
-    let cpu_before = load::CpuTime::now();
+    let cpu_before = cpu::Sample::now(None);
     header(&settings);
     let mut targets = Vec::new();
     if wanted("uncontended") {
@@ -190,18 +193,20 @@ fn main() -> ExitCode {
         println!();
         targets.extend(memory::section(&settings));
     }
-    summary(&targets);
+    stats::print_summary(&targets);
     let wall = started.elapsed().as_secs_f64();
     println!("Total benchmark time: {wall:.0} s.");
-    if let (Some(before), Some(after)) = (cpu_before, load::CpuTime::now()) {
-        let (own, others) = before.since(after);
+    if let (Some(before), Some(after)) = (cpu_before, cpu::Sample::now(None)) {
+        let usage = before.until(after);
+        let (own, others) = (usage.own, usage.others + usage.kernel + usage.steal);
+        let available = usage.wall * cpu::cores() as f64;
         println!();
         println!(
             "CPU time meanwhile: this benchmark {own:.0} s; everything else on the machine \
              {others:.0} s ({:.0} % of the {:.0} core-seconds available). Other load on this \
              2-core machine slows the pools it overlaps with.",
-            100.0 * others / (wall * cores() as f64).max(1e-9),
-            wall * cores() as f64
+            100.0 * others / available.max(1e-9),
+            available
         );
     }
     ExitCode::SUCCESS
@@ -209,16 +214,8 @@ fn main() -> ExitCode {
 
 /// The machine and the settings.
 fn header(settings: &Settings) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let cores = cores();
+    let cpu = cpu::cpu_name();
+    let cores = cpu::cores();
     println!("# momopool checkout benchmark");
     println!();
     println!(
@@ -229,13 +226,6 @@ fn header(settings: &Settings) {
         settings.runs
     );
     println!();
-}
-
-/// Cores available to this process.
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0)
 }
 
 /// What the throughput tables show.
@@ -310,30 +300,4 @@ fn smol_from_child(settings: &Settings) -> Vec<Target> {
         println!();
     }
     targets
-}
-
-/// The verdict table.
-fn summary(targets: &[Target]) {
-    if targets.is_empty() {
-        return;
-    }
-    println!("## Targets");
-    println!();
-    println!("| target | measured where | measured | verdict |");
-    println!("|---|---|---:|---|");
-    for t in targets {
-        println!(
-            "| {} | {} | {} | {} |",
-            t.target,
-            t.case,
-            t.measured,
-            t.verdict()
-        );
-    }
-    let pass = targets.iter().filter(|t| t.pass == Some(true)).count();
-    let miss = targets.iter().filter(|t| t.pass == Some(false)).count();
-    let na = targets.len() - pass - miss;
-    println!();
-    println!("{pass} PASS, {miss} MISS, {na} not measured.");
-    println!();
 }

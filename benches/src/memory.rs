@@ -234,7 +234,7 @@ fn measure(probe: Probe, n: usize) -> Result<(f64, u64), String> {
     loop {
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(_) => break,
-            None if started.elapsed() > crate::harness::RUN_LIMIT => {
+            None if started.elapsed() > crate::isolate::RUN_LIMIT => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err("hung: the child did not finish within 60 s".to_owned());

@@ -1,6 +1,6 @@
 //! Latency summaries, medians, formatting and the list of targets with their verdicts.
 
-use crate::harness::Outcome;
+use crate::isolate::{Outcome, RUN_LIMIT};
 use std::time::Duration;
 
 /// One throughput run, summarised.
@@ -90,10 +90,8 @@ impl<T> Series<T> {
             Outcome::Failed(message) => self.problems.push(message),
             Outcome::Hung => {
                 self.hung = true;
-                self.problems.push(format!(
-                    "hung: no result within {} s",
-                    crate::harness::RUN_LIMIT.as_secs()
-                ));
+                self.problems
+                    .push(format!("hung: no result within {} s", RUN_LIMIT.as_secs()));
             }
         }
     }
@@ -121,14 +119,7 @@ impl Series<RunStats> {
 
     /// The slowest and fastest run, checkouts per second.
     pub(crate) fn rate_range(&self) -> (f64, f64) {
-        let rates = self.done.iter().map(RunStats::rate);
-        let lo = rates.clone().fold(f64::INFINITY, f64::min);
-        let hi = rates.fold(f64::NEG_INFINITY, f64::max);
-        if lo.is_finite() {
-            (lo, hi)
-        } else {
-            (f64::NAN, f64::NAN)
-        }
+        min_max(self.done.iter().map(RunStats::rate))
     }
 
     /// Median of the runs' median latencies.
@@ -192,6 +183,36 @@ pub(crate) fn fmt_rate(rate: f64) -> String {
         format!("{:.2} M/s", rate / 1e6)
     } else {
         format!("{:.0} k/s", rate / 1e3)
+    }
+}
+
+/// The smallest and largest of `values`; both NaN when there are none.
+pub(crate) fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (f64::NAN, f64::NAN)
+    }
+}
+
+/// The slowest and fastest run's rates, "slowest–fastest"; "–" with no runs.
+pub(crate) fn fmt_rate_range((lo, hi): (f64, f64)) -> String {
+    if lo.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
+    }
+}
+
+/// A ratio with two decimals; "–" when it could not be measured.
+pub(crate) fn fmt_ratio(value: f64) -> String {
+    if value.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{value:.2}")
     }
 }
 
@@ -263,4 +284,30 @@ impl Target {
         };
         Some(Target::new(target, case, measured, pass))
     }
+}
+
+/// Prints the verdict table and the count of each verdict.
+pub(crate) fn print_summary(targets: &[Target]) {
+    if targets.is_empty() {
+        return;
+    }
+    println!("## Targets");
+    println!();
+    println!("| target | measured where | measured | verdict |");
+    println!("|---|---|---:|---|");
+    for t in targets {
+        println!(
+            "| {} | {} | {} | {} |",
+            t.target,
+            t.case,
+            t.measured,
+            t.verdict()
+        );
+    }
+    let pass = targets.iter().filter(|t| t.pass == Some(true)).count();
+    let miss = targets.iter().filter(|t| t.pass == Some(false)).count();
+    let na = targets.len() - pass - miss;
+    println!();
+    println!("{pass} PASS, {miss} MISS, {na} not measured.");
+    println!();
 }

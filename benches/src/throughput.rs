@@ -7,7 +7,7 @@ use crate::pools::{
     BB8, BenchPool, DEADPOOL, DEADPOOL_NO_TIMEOUTS, FLOOR, Job, MOBC, MOMO, MOMO_NO_TIMEOUTS, Rt,
     Variant, warm, with_pool,
 };
-use crate::stats::{RunStats, Series, Target, fmt_ns, fmt_rate};
+use crate::stats::{RunStats, Series, Target, fmt_ns, fmt_rate, fmt_rate_range, fmt_ratio};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -168,21 +168,12 @@ pub(crate) fn grid(settings: &Settings, rt: Rt) -> Vec<Target> {
             for (variant, s) in variants.iter().zip(&series) {
                 let ratio = s.rate() / reference_rate;
                 let tail = s.p999() / s.p50();
-                let (lo, hi) = s.rate_range();
                 rows.push(format!(
                     "| {tasks} | {size} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     variant.label(),
                     fmt_rate(s.rate()),
-                    if lo.is_nan() {
-                        "–".to_owned()
-                    } else {
-                        format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
-                    },
-                    if ratio.is_nan() {
-                        "–".to_owned()
-                    } else {
-                        format!("{ratio:.2}")
-                    },
+                    fmt_rate_range(s.rate_range()),
+                    fmt_ratio(ratio),
                     fmt_ns(s.p50()),
                     fmt_ns(s.p999()),
                     if s.done.is_empty() {

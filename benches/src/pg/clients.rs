@@ -150,6 +150,16 @@ pub(crate) struct PreparedClient {
     probe: Option<std::net::TcpStream>,
 }
 
+impl PreparedClient {
+    /// Runs the prepared [`SQL`].
+    async fn select1(&self) -> Result<Vec<Row>, String> {
+        self.client
+            .query(&self.select1, &[])
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl ManageConnection for Prepared {
     type Connection = PreparedClient;
     type Error = tokio_postgres::Error;
@@ -453,12 +463,7 @@ impl Bench {
                     held.push(pool.get().await.map_err(|e| e.to_string())?);
                 }
                 for conn in &held {
-                    check(
-                        conn.client
-                            .query(&conn.select1, &[])
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    )?;
+                    check(conn.select1().await?)?;
                 }
             }
             Bench::Bb8(pool) => {
@@ -467,12 +472,7 @@ impl Bench {
                     held.push(pool.get().await.map_err(|e| format!("{e:?}"))?);
                 }
                 for conn in &held {
-                    check(
-                        conn.client
-                            .query(&conn.select1, &[])
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    )?;
+                    check(conn.select1().await?)?;
                 }
             }
             Bench::MomoConn(conns) => {
@@ -488,14 +488,7 @@ impl Bench {
             }
             Bench::BarePinned(clients) => {
                 for client in clients.iter() {
-                    let client = client.lock().await;
-                    check(
-                        client
-                            .client
-                            .query(&client.select1, &[])
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    )?;
+                    check(client.lock().await.select1().await?)?;
                 }
             }
             Bench::Raw(raw) => {
@@ -523,10 +516,7 @@ impl Bench {
             }
             Bench::Bb8(pool) => {
                 let conn = pool.get().await.map_err(|e| format!("{e:?}"))?;
-                conn.client
-                    .query(&conn.select1, &[])
-                    .await
-                    .map_err(|e| e.to_string())?
+                conn.select1().await?
             }
             Bench::MomoGet(pool) => {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
@@ -534,22 +524,14 @@ impl Bench {
             }
             Bench::MomoCore(pool) => {
                 let conn = pool.get().await.map_err(|e| e.to_string())?;
-                conn.client
-                    .query(&conn.select1, &[])
-                    .await
-                    .map_err(|e| e.to_string())?
+                conn.select1().await?
             }
             Bench::MomoConn(conns) => {
                 let mut conn = conns[task % conns.len()].lock().await;
                 conn.query(SQL, &[]).await.map_err(|e| e.to_string())?
             }
             Bench::BarePinned(clients) => {
-                let client = clients[task % clients.len()].lock().await;
-                client
-                    .client
-                    .query(&client.select1, &[])
-                    .await
-                    .map_err(|e| e.to_string())?
+                clients[task % clients.len()].lock().await.select1().await?
             }
             Bench::Raw(raw) => {
                 let i = raw.next.fetch_add(1, Ordering::Relaxed) % raw.clients.len();

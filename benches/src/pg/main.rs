@@ -13,8 +13,12 @@
 //! ```
 
 mod clients;
+// Shared with pool-bench (`src/cpu.rs`, `src/isolate.rs`).
+#[path = "../cpu.rs"]
 mod cpu;
 mod harness;
+#[path = "../isolate.rs"]
+mod isolate;
 mod pgbench;
 mod run;
 // Shared with pool-bench (`src/stats.rs`), which uses parts pg-bench does not.
@@ -27,7 +31,7 @@ use harness::WORKERS;
 use momopool_pg::throwaway::Cluster;
 use pgbench::{Pgbench, PgbenchRun, Script};
 use run::{Measured, Plan};
-use stats::{Series, Target, fmt_ns, fmt_rate};
+use stats::{Series, Target, fmt_ns, fmt_rate, fmt_rate_range, fmt_ratio};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -274,7 +278,7 @@ fn main() -> ExitCode {
     if wanted("diagnose") {
         tally.add(diagnose_section(&settings, &plan));
     }
-    summary(&targets);
+    stats::print_summary(&targets);
     let wall = started.elapsed().as_secs_f64();
     println!("Total benchmark time: {wall:.0} s.");
     println!();
@@ -339,15 +343,7 @@ pub(crate) fn wait_for_quiet(postmaster: Option<u32>) -> Option<Duration> {
 
 /// The machine, the server and the settings.
 fn header(settings: &Settings, cluster: &Cluster, waited: Option<Duration>) {
-    let cpu_name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
+    let cpu_name = cpu::cpu_name();
     let version = cluster
         .psql("SHOW server_version")
         .unwrap_or_else(|e| format!("unknown ({e})"));
@@ -519,22 +515,13 @@ fn print_table(rows: &[String]) {
 /// One table row.
 fn row(variant: Variant, size: usize, tasks: usize, m: &Measured, deadpool: f64) -> String {
     let s = m.stats();
-    let (lo, hi) = s.rate_range();
     let ratio = s.rate() / deadpool;
     format!(
         "| {size} | {tasks} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         variant.label(),
         fmt_rate(s.rate()),
-        if lo.is_nan() {
-            "–".to_owned()
-        } else {
-            format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
-        },
-        if ratio.is_nan() {
-            "–".to_owned()
-        } else {
-            format!("{ratio:.2}")
-        },
+        fmt_rate_range(s.rate_range()),
+        fmt_ratio(ratio),
         fmt_ns(s.p50()),
         fmt_ns(s.p999()),
         fmt_ns(s.worst()),
@@ -557,15 +544,6 @@ fn notes(m: &Measured) -> String {
         note.push_str(&format!("{checks} checks in all runs"));
     }
     note
-}
-
-/// A ratio with two decimals, or a dash.
-fn fmt_ratio(value: f64) -> String {
-    if value.is_nan() {
-        "–".to_owned()
-    } else {
-        format!("{value:.2}")
-    }
 }
 
 /// The targets at one (P, T).
@@ -593,18 +571,31 @@ fn grid_targets(
     let measured_ok = |a: &Series<stats::RunStats>, b: &Series<stats::RunStats>| {
         !a.done.is_empty() && !b.done.is_empty()
     };
-    let mut targets = Vec::new();
-    let ratio = momo.rate() / deadpool.rate();
-    targets.push(Target::new(
+    // "a is at least `min` times b", measured as a ratio of rates.
+    let times = |target: &str,
+                 mode: &str,
+                 a: &Series<stats::RunStats>,
+                 b: &Series<stats::RunStats>,
+                 min: f64| {
+        let ratio = a.rate() / b.rate();
+        Target::new(
+            target,
+            case(mode),
+            format!(
+                "{} / {} = {ratio:.2}×",
+                fmt_rate(a.rate()),
+                fmt_rate(b.rate())
+            ),
+            measured_ok(a, b).then_some(ratio >= min),
+        )
+    };
+    let mut targets = vec![times(
         "exclusive mode qps ≥ deadpool-postgres",
-        case("momopool-pg (exclusive)"),
-        format!(
-            "{} / {} = {ratio:.2}×",
-            fmt_rate(momo.rate()),
-            fmt_rate(deadpool.rate())
-        ),
-        measured_ok(&momo, &deadpool).then_some(ratio >= EXCLUSIVE_VS_DEADPOOL),
-    ));
+        "momopool-pg (exclusive)",
+        &momo,
+        &deadpool,
+        EXCLUSIVE_VS_DEADPOOL,
+    )];
     let ratio = shared.rate() / raw.rate();
     targets.push(Target::new(
         "shared mode qps ≥ 90 % of the raw clients",
@@ -618,16 +609,12 @@ fn grid_targets(
         measured_ok(&shared, &raw).then_some(ratio >= SHARED_VS_RAW),
     ));
     if tasks == 256 {
-        let ratio = shared.rate() / deadpool.rate();
-        targets.push(Target::new(
+        targets.push(times(
             "shared mode qps ≥ 2× deadpool-postgres at T = 256",
-            case("momopool-pg (shared)"),
-            format!(
-                "{} / {} = {ratio:.2}×",
-                fmt_rate(shared.rate()),
-                fmt_rate(deadpool.rate())
-            ),
-            measured_ok(&shared, &deadpool).then_some(ratio >= SHARED_VS_DEADPOOL),
+            "momopool-pg (shared)",
+            &shared,
+            &deadpool,
+            SHARED_VS_DEADPOOL,
         ));
     }
     for (mode, series) in [(Variant::Momo, &momo), (MOMO_SHARED, &shared)] {
@@ -805,8 +792,6 @@ fn pgbench_section(
         }
         for (script, s) in scripts.iter().zip(&series) {
             let qps: Vec<f64> = s.done.iter().map(|r| r.qps).collect();
-            let lo = qps.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = qps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let per_query = |f: fn(&PgbenchRun) -> f64| {
                 pgbench::median_of(s, |r| f(r) * 1e9 / r.statements.max(1.0))
             };
@@ -814,11 +799,7 @@ fn pgbench_section(
                 "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
                 script.label(),
                 fmt_rate(stats::median(&qps)),
-                if lo.is_finite() {
-                    format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
-                } else {
-                    "–".to_owned()
-                },
+                fmt_rate_range(stats::min_max(qps.iter().copied())),
                 fmt_ns(pgbench::median_of(s, |r| r.latency_ms * 1e6)),
                 fmt_ns(per_query(|r| r.cpu.own)),
                 fmt_ns(per_query(|r| r.cpu.server)),
@@ -837,30 +818,4 @@ fn pgbench_section(
     println!();
     let _ = std::fs::remove_dir_all(&dir);
     tally
-}
-
-/// The verdict table.
-fn summary(targets: &[Target]) {
-    if targets.is_empty() {
-        return;
-    }
-    println!("## Targets");
-    println!();
-    println!("| target | measured where | measured | verdict |");
-    println!("|---|---|---:|---|");
-    for t in targets {
-        println!(
-            "| {} | {} | {} | {} |",
-            t.target,
-            t.case,
-            t.measured,
-            t.verdict()
-        );
-    }
-    let pass = targets.iter().filter(|t| t.pass == Some(true)).count();
-    let miss = targets.iter().filter(|t| t.pass == Some(false)).count();
-    let na = targets.len() - pass - miss;
-    println!();
-    println!("{pass} PASS, {miss} MISS, {na} not measured.");
-    println!();
 }

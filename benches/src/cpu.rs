@@ -128,6 +128,19 @@ impl Sample {
     }
 }
 
+/// The CPU's model name as `/proc/cpuinfo` gives it, or "unknown".
+pub(crate) fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Cores available to this process.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism()
