@@ -933,9 +933,10 @@ impl Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the stream at any point, even with a fetch in flight, ends the cursor: its
-    /// transaction is rolled back, and a pooled connection is rolled back and checked before
-    /// its next use.
+    /// Dropping the stream at any point ends the cursor. Between fetches, its transaction is
+    /// rolled back, and a pooled connection is rolled back and checked before its next use.
+    /// With a fetch in flight the rest of that reply would still arrive: the connection is
+    /// marked broken, and a pooled one is closed rather than reused.
     ///
     /// # Examples
     ///

@@ -1,7 +1,8 @@
 //! Momoko's API on a real server.
 
 use crate::{EPSILON, pool_for, unique};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use momopool::Removal;
 use momopool_pg::{Connection, Error, Recycling};
 use momopool_tests::{Rt, pg};
 use std::collections::HashMap;
@@ -94,6 +95,73 @@ pub(crate) async fn tutorial_end_to_end(rt: Rt) {
         .unwrap();
     let status = pool.inner().status();
     assert_eq!(status.size, status.idle + status.in_use + status.creating);
+}
+
+/// A cursor's stream dropped early. Between fetches, its transaction is rolled back and the
+/// connection is checked, then serves the next caller with no cursor left open. With a fetch in flight, the
+/// rest of that reply would still be on its way: the connection is closed (as broken) instead
+/// of reused, and a new one serves the next caller.
+pub(crate) async fn cursor_dropped_early_leaves_the_pool_clean(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "cursor_drop")), |b| {
+        b.min_size(1).max_size(1)
+    })
+    .await;
+    let broken = || pool.inner().statistics().closed.get(Removal::Broken);
+
+    // Between fetches.
+    let checks = pool.inner().statistics().checks;
+    let mut conn = pool.get().await.unwrap();
+    let pid = conn.backend_pid();
+    {
+        let mut rows = std::pin::pin!(conn.cursor("SELECT generate_series(1, 1000)", &[], 10));
+        let first = rows.next().await.unwrap().unwrap();
+        assert_eq!(first.get::<_, i32>(0), 1);
+    }
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        conn.backend_pid(),
+        pid,
+        "[{}] the connection is reused",
+        rt.name()
+    );
+    let open: i64 = conn
+        // Named portals only: the statement asking runs in the unnamed one.
+        .query_one("SELECT count(*) FROM pg_cursors WHERE name <> ''", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        open,
+        0,
+        "[{}] the cursor's transaction was rolled back",
+        rt.name()
+    );
+    assert_eq!(broken(), 0);
+    assert!(
+        pool.inner().statistics().checks > checks,
+        "[{}] the connection was checked before its reuse",
+        rt.name()
+    );
+
+    // With a fetch in flight: one page takes about a second.
+    {
+        let query = "SELECT pg_sleep(0.05) FROM generate_series(1, 20)";
+        let mut rows = std::pin::pin!(conn.cursor(query, &[], 20));
+        let fetched = rt.timeout(Duration::from_millis(100), rows.next()).await;
+        assert!(
+            fetched.is_none(),
+            "[{}] the fetch is still running",
+            rt.name()
+        );
+    }
+    drop(conn);
+    assert_eq!(broken(), 1, "[{}] the connection is not reused", rt.name());
+    let mut conn = pool.get().await.unwrap();
+    assert_ne!(conn.backend_pid(), pid, "[{}] a new connection", rt.name());
+    let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
 }
 
 pub(crate) async fn three_queries_in_parallel_take_the_time_of_one(rt: Rt) {
