@@ -1762,3 +1762,29 @@ impl<M: Manager> fmt::Debug for Pooled<M> {
         s.finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Numbers;
+
+    impl Manager for Numbers {
+        type Connection = [u64; 16];
+        type Error = std::io::Error;
+
+        async fn create(&self) -> Result<[u64; 16], std::io::Error> {
+            Ok([7; 16])
+        }
+    }
+
+    #[test]
+    fn a_guard_is_two_pointers_whatever_the_connection() {
+        // Handing a guard around moves 16 bytes: the connection and its bookkeeping are boxed.
+        assert_eq!(
+            std::mem::size_of::<Pooled<Numbers>>(),
+            2 * std::mem::size_of::<usize>()
+        );
+    }
+}

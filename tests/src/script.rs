@@ -81,6 +81,8 @@ pub struct Counts {
     pub created: AtomicU64,
     /// Calls to `check`.
     pub checks: AtomicU64,
+    /// Calls to `needs_check`.
+    pub needs_checks: AtomicU64,
     /// Connections dropped.
     pub dropped: AtomicU64,
     /// `removed` notices, by reason.
@@ -185,6 +187,8 @@ pub struct Script {
     plans: Arc<Mutex<[Plan; 5]>>,
     runtime: Arc<dyn Runtime>,
     epoch: Arc<AtomicU64>,
+    /// How long `Manager::removed` blocks, in ms; see [`Script::slow_removal`].
+    removal_ms: Arc<AtomicU64>,
     /// What happened so far.
     pub counts: Arc<Counts>,
 }
@@ -210,6 +214,7 @@ impl Script {
             plans: Arc::new(Mutex::new([plan(), plan(), plan(), plan(), plan()])),
             runtime,
             epoch: Arc::new(AtomicU64::new(0)),
+            removal_ms: Arc::new(AtomicU64::new(0)),
             counts: Arc::new(Counts::default()),
         }
     }
@@ -225,6 +230,15 @@ impl Script {
         self.plans.lock().unwrap()[op_index(op)]
             .queued
             .extend(steps);
+        self
+    }
+
+    /// Makes `Manager::removed` block its thread for `delay` (whole milliseconds) before a
+    /// connection is dropped, as a manager that closes a connection synchronously might: the
+    /// connection still exists meanwhile.
+    pub fn slow_removal(&self, delay: Duration) -> &Self {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.removal_ms.store(ms, Ordering::SeqCst);
         self
     }
 
@@ -345,6 +359,7 @@ impl Manager for Script {
     }
 
     fn needs_check(&self, conn: &mut Conn) -> bool {
+        self.counts.needs_checks.fetch_add(1, Ordering::SeqCst);
         conn.dirty
     }
 
@@ -358,5 +373,9 @@ impl Manager for Script {
 
     fn removed(&self, _conn: &mut Conn, reason: Removal) {
         self.counts.removed.lock().unwrap().push(reason);
+        let ms = self.removal_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
 }

@@ -439,5 +439,9 @@ pub(crate) async fn dirty_connections_are_checked_before_reuse(rt: Rt) {
         1,
         "clean: no check"
     );
+    // `needs_check` is asked when an idle connection is handed out, not when it comes back.
+    let asked = script.counts.needs_checks.load(Ordering::SeqCst);
+    drop(pool.get().await.unwrap());
+    assert_eq!(script.counts.needs_checks.load(Ordering::SeqCst), asked + 1);
     assert_invariants(&rt, &pool, &script, 4).await;
 }

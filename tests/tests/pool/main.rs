@@ -57,6 +57,7 @@ momopool_tests::matrix!(
     d2_cancelled_at_hand_off,
     d3_cancelled_during_create,
     d5_broken_returns_while_waiters_queue,
+    discarded_connection_keeps_its_slot_until_gone,
     d5_healthy_return_goes_to_oldest_waiter_while_creates_fail,
     d6_no_over_creation,
     d7_fifo_fairness,

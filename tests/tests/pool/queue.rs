@@ -216,6 +216,13 @@ pub(crate) async fn d2_cancelled_at_hand_off(rt: Rt) {
     let status = pool.status();
     assert_eq!((status.idle, status.in_use, status.waiting), (1, 0, 0));
     assert_eq!(script.counts.creates.load(Ordering::SeqCst), 1);
+    // `second` was served but gone before it took its connection: it counts as cancelled,
+    // like `lone`, not as a get that waited. Those are the first holder (it waited for the
+    // connect) and `third`, and the wait-time histogram holds exactly them.
+    let stats = pool.statistics();
+    assert_eq!(stats.gets_cancelled, 2);
+    assert_eq!(stats.gets_waited, 2);
+    assert_eq!(stats.wait_times.count(), 2);
     assert_invariants(&rt, &pool, &script, 1).await;
 }
 
@@ -295,6 +302,37 @@ pub(crate) async fn d5_broken_returns_while_waiters_queue(rt: Rt) {
     assert_eq!(pool.statistics().closed.get(momopool::Removal::Broken), 5);
     assert!(script.counts.created.load(Ordering::SeqCst) >= 10);
     assert_invariants(&rt, &pool, &script, 5).await;
+}
+
+/// A discarded connection keeps its slot until it is gone. On max_size 1 the manager takes
+/// 50 ms to let go of a broken connection (its `removed` blocks the returning thread), and a
+/// caller arriving meanwhile, on another thread, must not start a connect before that: never
+/// more than `max_size` connections exist or are being opened. (On a current-thread runtime
+/// the caller cannot run meanwhile; elsewhere it does.)
+pub(crate) async fn discarded_connection_keeps_its_slot_until_gone(rt: Rt) {
+    let script = Script::new(rt.runtime());
+    let pool = pool_with(&rt, &script, |b| b.max_size(1));
+    let mut held = pool.get().await.unwrap();
+    let late = {
+        let (pool, rt2) = (pool.clone(), rt.clone());
+        rt.spawn(async move {
+            rt2.sleep(Duration::from_millis(10)).await;
+            pool.get().await.map(|c| c.id)
+        })
+    };
+    script.counts.reset_peaks();
+    script.slow_removal(Duration::from_millis(50));
+    held.broken = true;
+    drop(held);
+    script.slow_removal(Duration::ZERO);
+    assert_eq!(
+        late.await.unwrap(),
+        1,
+        "[{}] served by the replacement",
+        rt.name()
+    );
+    assert_eq!(pool.statistics().closed.get(momopool::Removal::Broken), 1);
+    assert_invariants(&rt, &pool, &script, 1).await;
 }
 
 pub(crate) async fn d5_healthy_return_goes_to_oldest_waiter_while_creates_fail(rt: Rt) {
@@ -641,8 +679,10 @@ pub(crate) async fn mixed_deadlines_each_time_out_on_time(rt: Rt) {
             (result.map(drop), started.elapsed())
         })
     };
-    // Queue order: 150 ms, 60 ms (earlier than the one before it), 250 ms, 100 ms.
-    let deadlines = [150, 60, 250, 100].map(Duration::from_millis);
+    // Queue order: 600 ms, 100 ms (earlier than the one before it), 900 ms, 300 ms. Each
+    // out-of-order deadline comes more than EPSILON before the one queued ahead of it, so a
+    // caller timed out only when the one ahead of it is fails the bound below.
+    let deadlines = [600, 100, 900, 300].map(Duration::from_millis);
     let mut waiters = Vec::new();
     for (queued, after) in deadlines.into_iter().enumerate() {
         waiters.push((after, timed(after)));
