@@ -283,17 +283,7 @@ impl<M: Manager> Pool<M> {
                     let acquired = shared.try_acquire(front, timeout, &mut deadline)?;
                     match acquired {
                         Acquired::Ready(entry) => entry,
-                        Acquired::Queued(waiter, pool_timed) => {
-                            let wait = WaitFor {
-                                shared,
-                                waiter: Some(waiter),
-                                deadline: &deadline,
-                                timeout: &timeout,
-                                pool_timed,
-                                timer: None,
-                            };
-                            wait.await?
-                        }
+                        Acquired::Queued(waiter) => WaitFor::new(shared, waiter).await?,
                     }
                 }
             };
@@ -1560,7 +1550,7 @@ impl<M: Manager> Pooled<M> {
         mut entry: Boxed<M>,
         location: &'static Location<'static>,
     ) -> Self {
-        entry.mark = Mark::Keep;
+        // `mark` is `Keep` here: a guard whose connection was marked discards it on return.
         entry.lease = shared.take_lease(location);
         Pooled {
             entry: Some(entry),

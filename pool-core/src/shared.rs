@@ -173,6 +173,12 @@ impl<M: Manager> State<M> {
         self.exists() + self.creating
     }
 
+    /// Slots taken: [`size`](State::size) plus connections still being closed, which exist
+    /// until they are dropped. New connects are planned against this.
+    fn occupied(&self) -> usize {
+        self.size() + self.closing
+    }
+
     fn pop_idle(&mut self, reuse: Reuse) -> Option<Boxed<M>> {
         match reuse {
             Reuse::Lifo => self.idle.pop_back(),
@@ -237,8 +243,7 @@ impl<M: Manager> State<M> {
         if self.closed || self.suspended || self.reconnect.pending {
             return 0;
         }
-        // Connections still being closed count: they exist until dropped.
-        let size = self.size() + self.closing;
+        let size = self.occupied();
         let mut want = self
             .waiting
             .saturating_sub(self.creating)
@@ -366,6 +371,14 @@ impl<M: Manager> After<M> {
         }
     }
 
+    /// Plans the connects to start once the lock is released. With connections to discard,
+    /// [`run`](After::run) plans after dropping them instead, when their slots are free.
+    fn plan_creates(&mut self, state: &mut State<M>, config: &PoolConfig) {
+        if self.discard.is_empty() {
+            self.creates = state.plan_creates(config);
+        }
+    }
+
     fn discard(&mut self, entry: Boxed<M>, reason: Removal, state: &mut State<M>) {
         state.stats.closed.add(reason);
         state.closing += 1;
@@ -450,8 +463,8 @@ pub(crate) struct Shared<M: Manager> {
 /// What `try_acquire` found.
 pub(crate) enum Acquired<M: Manager> {
     Ready(Boxed<M>),
-    /// Queued; `true` when the pool's deadline task times the caller out.
-    Queued(Arc<Waiter<M>>, bool),
+    /// Queued.
+    Queued(Arc<Waiter<M>>),
 }
 
 /// What the synchronous part of preparing a connection decided.
@@ -636,20 +649,16 @@ impl<M: Manager> Shared<M> {
         } else if wake_deadline_task {
             self.deadline_event.notify(1);
         }
-        Ok(Acquired::Queued(waiter, pool_timed))
+        Ok(Acquired::Queued(waiter))
     }
 
     fn spawn_deadline_task(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let runtime = &self.runtime;
-        if catch_unwind(AssertUnwindSafe(|| {
-            runtime.spawn(Box::pin(deadline_task(weak)))
-        }))
-        .is_err()
-        {
+        if !self.spawn_background(
+            Box::pin(deadline_task(Arc::downgrade(self))),
+            "the deadline task",
+        ) {
             // Without the task nobody would time these callers out: fail them now rather
             // than let them wait for ever.
-            tracing::error!("the runtime refused to spawn the deadline task");
             self.expire_waiters(true);
         }
     }
@@ -749,7 +758,9 @@ impl<M: Manager> Shared<M> {
             entry.uses += 1;
             return Prepared::Ready(entry);
         }
-        let now = Tick::now();
+        // Read the clock only if a lifetime or the idle threshold needs it, and once.
+        let mut read = None;
+        let mut now = || *read.get_or_insert_with(Tick::now);
         let manager = &self.manager;
         let broken = catch_unwind(AssertUnwindSafe(|| {
             if manager.is_broken(&mut entry.conn) {
@@ -764,7 +775,7 @@ impl<M: Manager> Shared<M> {
             self.discard_in_use(entry, Removal::Broken, server_gone);
             return Prepared::Retry;
         }
-        if entry.expired(now) {
+        if entry.expires.is_some() && entry.expired(now()) {
             self.discard_in_use(entry, Removal::Lifetime, false);
             return Prepared::Retry;
         }
@@ -779,7 +790,7 @@ impl<M: Manager> Shared<M> {
             || self.hooks.post_recycle.is_some()
             || match self.config.validation {
                 Validation::Always => true,
-                Validation::IdleLongerThan(t) => now.since(entry.last_used) > t,
+                Validation::IdleLongerThan(t) => now().since(entry.last_used) > t,
                 Validation::Never => false,
             };
         if !due {
@@ -894,7 +905,7 @@ impl<M: Manager> Shared<M> {
             self.bump_generation(&mut st);
         }
         after.discard(entry, reason, &mut st);
-        after.creates = st.plan_creates(&self.config);
+        after.plan_creates(&mut st, &self.config);
         drop(st);
         after.run(self);
     }
@@ -942,7 +953,7 @@ impl<M: Manager> Shared<M> {
                     self.bump_generation(&mut st);
                 }
                 after.discard(entry, reason, &mut st);
-                after.creates = st.plan_creates(&self.config);
+                after.plan_creates(&mut st, &self.config);
             }
         }
         drop(st);
@@ -977,10 +988,7 @@ impl<M: Manager> Shared<M> {
 
     pub(crate) fn spawn_creates(self: &Arc<Self>, n: usize) {
         for started in 0..n {
-            let task = create_task(Arc::clone(self));
-            let runtime = &self.runtime;
-            if catch_unwind(AssertUnwindSafe(|| runtime.spawn(Box::pin(task)))).is_err() {
-                tracing::error!("the runtime refused to spawn a connect task");
+            if !self.spawn_background(Box::pin(create_task(Arc::clone(self))), "a connect task") {
                 let delay = {
                     let mut st = self.lock();
                     st.creating -= n - started;
@@ -996,16 +1004,21 @@ impl<M: Manager> Shared<M> {
     }
 
     fn spawn_retry(self: &Arc<Self>, delay: Duration) {
-        let weak = Arc::downgrade(self);
-        let runtime = &self.runtime;
-        if catch_unwind(AssertUnwindSafe(|| {
-            runtime.spawn(Box::pin(retry_task(weak, delay)))
-        }))
-        .is_err()
-        {
-            tracing::error!("the runtime refused to spawn a reconnect timer");
+        let task = Box::pin(retry_task(Arc::downgrade(self), delay));
+        if !self.spawn_background(task, "a reconnect timer") {
             self.lock().reconnect.pending = false;
         }
+    }
+
+    /// Hands `task` to the runtime; `false` (logged, naming `what`) if the runtime refused it
+    /// by panicking.
+    fn spawn_background(&self, task: BoxFuture<'static, ()>, what: &str) -> bool {
+        let runtime = &self.runtime;
+        let spawned = catch_unwind(AssertUnwindSafe(|| runtime.spawn(task))).is_ok();
+        if !spawned {
+            tracing::error!("the runtime refused to spawn {what}");
+        }
+        spawned
     }
 
     /// One connect: `Manager::create` then the `post_create` hook, within the create timeout.
@@ -1160,7 +1173,7 @@ impl<M: Manager> Shared<M> {
                 }
             }
         }
-        after.creates = st.plan_creates(&self.config);
+        after.plan_creates(&mut st, &self.config);
         drop(st);
         self.created_event.notify(usize::MAX);
         after.run(self);
@@ -1170,7 +1183,7 @@ impl<M: Manager> Shared<M> {
         let mut after = After::default();
         let mut st = self.lock();
         st.reconnect.pending = false;
-        after.creates = st.plan_creates(&self.config);
+        after.plan_creates(&mut st, &self.config);
         drop(st);
         after.run(self);
     }
@@ -1232,7 +1245,7 @@ impl<M: Manager> Shared<M> {
             };
             after.discard(entry, Removal::Retired, &mut st);
         }
-        after.creates = st.plan_creates(&self.config);
+        after.plan_creates(&mut st, &self.config);
         drop(st);
         after.run(self);
     }
@@ -1267,7 +1280,7 @@ impl<M: Manager> Shared<M> {
                 after.discard(entry, Removal::Retired, &mut st);
             }
         }
-        after.creates = st.plan_creates(&self.config);
+        after.plan_creates(&mut st, &self.config);
         drop(st);
         after.run(self);
         removed
@@ -1280,7 +1293,7 @@ impl<M: Manager> Shared<M> {
         for entry in std::mem::take(&mut st.idle) {
             after.discard(entry, Removal::Retired, &mut st);
         }
-        after.creates = st.plan_creates(&self.config);
+        after.plan_creates(&mut st, &self.config);
         drop(st);
         after.run(self);
     }
@@ -1301,7 +1314,7 @@ impl<M: Manager> Shared<M> {
                 };
                 st.place(entry, &mut after);
             }
-            after.creates = st.plan_creates(&self.config);
+            after.plan_creates(&mut st, &self.config);
         }
         drop(st);
         after.run(self);
@@ -1338,7 +1351,7 @@ impl<M: Manager> Shared<M> {
                 }
                 let mut n = st.plan_creates(&self.config);
                 if !st.reconnect.pending && !st.suspended {
-                    let size = st.size() + st.closing;
+                    let size = st.occupied();
                     let extra = target
                         .saturating_sub(size)
                         .min(self.config.max_connecting.saturating_sub(st.creating));
@@ -1411,7 +1424,7 @@ impl<M: Manager> Shared<M> {
                 st.idle = kept;
                 st.in_use += to_check.len();
             }
-            after.creates = st.plan_creates(&self.config);
+            after.plan_creates(&mut st, &self.config);
         }
         after.run(self);
 
@@ -1616,10 +1629,8 @@ async fn deadline_task<M: Manager>(weak: Weak<Shared<M>>) {
             return;
         };
         let woken = futures::future::select(sleep, earlier);
+        // Closing fails every waiting caller itself: nothing left to time out.
         if let futures::future::Either::Right(_) = futures::future::select(woken, closed).await {
-            if let Some(shared) = weak.upgrade() {
-                shared.expire_waiters(false);
-            }
             return;
         }
     }
@@ -1652,19 +1663,25 @@ pub(crate) async fn maintenance_task<M: Manager>(weak: Weak<Shared<M>>) {
 /// The waiting part of `get()`: resolves when the pool hands this caller a connection or an
 /// error, or at the caller's deadline. Dropping it cancels the wait without losing anything.
 ///
-/// It borrows the caller's deadline and timeout rather than copying them: every byte here is
-/// paid once per waiting caller.
+/// The caller's deadline, its timeout and who times it out live in its waiter: every byte
+/// here is paid once per waiting caller.
 pub(crate) struct WaitFor<'a, M: Manager> {
-    pub(crate) shared: &'a Arc<Shared<M>>,
-    pub(crate) waiter: Option<Arc<Waiter<M>>>,
-    pub(crate) deadline: &'a Option<Moment>,
-    pub(crate) timeout: &'a Option<Duration>,
-    /// The pool's deadline task times this caller out; no timer of its own.
-    pub(crate) pool_timed: bool,
-    pub(crate) timer: Option<BoxFuture<'static, ()>>,
+    shared: &'a Arc<Shared<M>>,
+    waiter: Option<Arc<Waiter<M>>>,
+    /// The caller's own timer, when the pool's deadline task does not time it out.
+    timer: Option<BoxFuture<'static, ()>>,
 }
 
-impl<M: Manager> WaitFor<'_, M> {
+impl<'a, M: Manager> WaitFor<'a, M> {
+    /// Waits in `waiter`, queued by [`Shared::try_acquire`].
+    pub(crate) fn new(shared: &'a Arc<Shared<M>>, waiter: Arc<Waiter<M>>) -> Self {
+        WaitFor {
+            shared,
+            waiter: Some(waiter),
+            timer: None,
+        }
+    }
+
     fn time_out(&mut self) -> Poll<Handout<M>> {
         let waiter = self.waiter.take().expect("waiting");
         Poll::Ready(match self.shared.cancel_waiter(&waiter, true, true) {
@@ -1674,7 +1691,7 @@ impl<M: Manager> WaitFor<'_, M> {
             }
             Ok(None) => Err(PoolError::Closed),
             Err(PoolError::Timeout(mut timeout)) => {
-                timeout.after = self.timeout.unwrap_or_default();
+                timeout.after = waiter.deadline().map_or(Duration::ZERO, |(_, after)| after);
                 Err(PoolError::Timeout(timeout))
             }
             Err(err) => Err(err),
@@ -1699,10 +1716,10 @@ impl<M: Manager> Future for WaitFor<'_, M> {
             return Poll::Ready(result);
         }
         // The pool's deadline task times this caller out: no clock to read here.
-        if this.pool_timed {
+        if waiter.is_pool_timed() {
             return Poll::Pending;
         }
-        if let Some(deadline) = *this.deadline {
+        if let Some((deadline, _)) = waiter.deadline() {
             if this.timer.is_none() {
                 let now = Moment::now();
                 if now >= deadline {

@@ -61,6 +61,17 @@ impl<M: Manager> Waiter<M> {
         self.pool_timed.store(true, Ordering::Relaxed);
     }
 
+    /// The caller's deadline and the timeout it came from, if it has one.
+    pub(crate) fn deadline(&self) -> Option<(Moment, Duration)> {
+        self.deadline
+    }
+
+    /// Whether the pool's deadline task times this caller out (else the caller keeps a timer
+    /// of its own).
+    pub(crate) fn is_pool_timed(&self) -> bool {
+        self.pool_timed.load(Ordering::Relaxed)
+    }
+
     /// The deadline (and timeout) if the pool's deadline task watches this caller.
     pub(crate) fn pool_deadline(&self) -> Option<(Moment, Duration)> {
         if self.pool_timed.load(Ordering::Relaxed) {
