@@ -693,8 +693,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.guarded(|conn| Box::pin(conn.try_query(sql, params, false)))
-            .await
+        Self::settle(self.try_query(sql, params, false).await)
     }
 
     /// Runs a statement that returns exactly one row.
@@ -773,8 +772,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.guarded(|conn| Box::pin(conn.try_execute(sql, params, false)))
-            .await
+        Self::settle(self.try_execute(sql, params, false).await)
     }
 
     /// Runs one or more statements separated by semicolons, without parameters (the simple
@@ -796,7 +794,7 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        self.guarded(|conn| Box::pin(conn.try_batch(sql))).await
+        Self::settle(self.try_batch(sql).await)
     }
 
     /// Calls a function and returns its rows, like Momoko's `callproc`: `name` may be
@@ -860,8 +858,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<String, Error> {
-        self.guarded(|conn| Box::pin(conn.try_mogrify(sql, params)))
-            .await
+        Self::settle(self.try_mogrify(sql, params).await)
     }
 
     pub(crate) async fn try_mogrify(
@@ -1199,12 +1196,9 @@ impl Connection {
         self.broken.store(true, Ordering::Relaxed);
     }
 
-    /// Runs a statement method, turning its failure into the error callers see.
-    async fn guarded<'a, T>(
-        &'a mut self,
-        run: impl FnOnce(&'a mut Self) -> momopool::BoxFuture<'a, Result<T, Failure>>,
-    ) -> Result<T, Error> {
-        run(self).await.map_err(|failure| {
+    /// Turns a statement method's failure into the error callers see.
+    fn settle<T>(outcome: Result<T, Failure>) -> Result<T, Error> {
+        outcome.map_err(|failure| {
             if failure.sent && failure.error.is_connection_lost() {
                 Error::OutcomeUnknown(Box::new(failure.error))
             } else {
@@ -1299,9 +1293,7 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.conn
-            .guarded(|conn| Box::pin(conn.try_query(sql, params, true)))
-            .await
+        Connection::settle(self.conn.try_query(sql, params, true).await)
     }
 
     /// Runs a statement that returns exactly one row.
@@ -1406,9 +1398,7 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.conn
-            .guarded(|conn| Box::pin(conn.try_execute(sql, params, true)))
-            .await
+        Connection::settle(self.conn.try_execute(sql, params, true).await)
     }
 
     /// Runs statements separated by semicolons, without parameters.

@@ -923,11 +923,11 @@ mod tests {
 /// trip before the connection's next use).
 pub(crate) fn may_open_transaction(sql: &str) -> bool {
     sql.split(';').any(|statement| {
-        let word: String = statement
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .collect();
+        let statement = statement.trim_start();
+        let end = statement
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(statement.len());
+        let word = &statement[..end];
         word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("start")
     })
 }
