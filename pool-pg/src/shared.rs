@@ -172,74 +172,85 @@ impl Lanes {
     fn pick(&self) -> Pick<'_> {
         // Listen first, so a lane that finishes opening during the scan is not missed.
         let listener = self.opened.listen();
-        let now = Instant::now();
-        let mut best: Option<(usize, usize)> = None;
-        let mut idle_lane = None;
-        let mut opening = false;
-        for i in 0..self.lanes.len() {
-            let mut lane = self.lane(i);
-            if lane.opening {
-                opening = true;
-                continue;
-            }
-            let needs_check = lane
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.is_closed() || (lane.queue.is_empty() && c.input_pending()));
-            if needs_check && lane.queue.is_empty() {
-                // Hand it back to the pool to be checked, outside the lock.
-                let conn = lane.conn.take();
-                drop(lane);
-                drop(conn);
-                lane = self.lane(i);
-            }
-            match &lane.conn {
-                Some(_) if !lane.retiring && !needs_check => {
-                    let load = lane.queue.len();
-                    let stalled = lane
-                        .queue
-                        .front()
-                        .is_some_and(|(_, t)| now.duration_since(*t) >= self.mode.stall_after);
-                    if load < self.mode.max_in_flight
-                        && !stalled
-                        && best.is_none_or(|(_, l)| load < l)
-                    {
-                        best = Some((i, load));
-                    }
+        // A pass ends without a pick only when it took a connection off a lane, so this ends.
+        loop {
+            let now = Instant::now();
+            let mut best: Option<(usize, usize)> = None;
+            let mut idle_lane = None;
+            let mut opening = false;
+            for i in 0..self.lanes.len() {
+                let mut lane = self.lane(i);
+                if lane.opening {
+                    opening = true;
+                    continue;
                 }
-                None if !lane.opening && idle_lane.is_none() => idle_lane = Some(i),
-                _ => {}
+                let closed = lane.conn.as_ref().is_some_and(|c| c.is_closed());
+                if closed && lane.queue.is_empty() {
+                    // Hand it back to the pool, outside the lock.
+                    let conn = lane.conn.take();
+                    drop(lane);
+                    drop(conn);
+                    lane = self.lane(i);
+                }
+                match &lane.conn {
+                    Some(_) if !lane.retiring && !closed => {
+                        let load = lane.queue.len();
+                        let stalled = lane
+                            .queue
+                            .front()
+                            .is_some_and(|(_, t)| now.duration_since(*t) >= self.mode.stall_after);
+                        if load < self.mode.max_in_flight
+                            && !stalled
+                            && best.is_none_or(|(_, l)| load < l)
+                        {
+                            best = Some((i, load));
+                        }
+                    }
+                    None if !lane.opening && idle_lane.is_none() => idle_lane = Some(i),
+                    _ => {}
+                }
             }
-        }
-        // Prefer a connection already held, unless it has work queued and another lane
-        // could open one.
-        match (best, idle_lane) {
-            (Some((i, 0)), _) | (Some((i, _)), None) => self.enqueue(i, now),
-            (Some(_), Some(i)) | (None, Some(i)) => {
-                self.lane(i).opening = true;
-                Pick::Open(i)
-            }
-            (None, None) if opening => Pick::Wait(listener),
-            (None, None) => Pick::Exclusive,
+            // Prefer a connection already held, unless it has work queued and another lane
+            // could open one.
+            return match (best, idle_lane) {
+                (Some((i, 0)), _) | (Some((i, _)), None) => match self.enqueue(i, now) {
+                    Some(pick) => pick,
+                    None => continue,
+                },
+                (Some(_), Some(i)) | (None, Some(i)) => {
+                    self.lane(i).opening = true;
+                    Pick::Open(i)
+                }
+                (None, None) if opening => Pick::Wait(listener),
+                (None, None) => Pick::Exclusive,
+            };
         }
     }
 
-    fn enqueue(&self, i: usize, now: Instant) -> Pick<'_> {
+    /// A ticket on lane `i`. `None` when its connection, with nothing asked of it, holds input
+    /// nobody asked for (perhaps the server's goodbye, see `PgManager::needs_check`): it is
+    /// handed back to the pool, which checks it before anyone uses it again. Only the chosen
+    /// lane is peeked at: one system call per pick, not one per lane.
+    fn enqueue(&self, i: usize, now: Instant) -> Option<Pick<'_>> {
         let mut lane = self.lane(i);
-        match &lane.conn {
-            Some(conn) => {
-                let conn = Arc::clone(conn);
-                let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-                lane.queue.push_back((id, now));
-                Pick::Ready(Ticket {
-                    lanes: self,
-                    lane: i,
-                    id,
-                    conn,
-                })
-            }
-            None => Pick::Exclusive,
+        let Some(conn) = &lane.conn else {
+            return Some(Pick::Exclusive);
+        };
+        if lane.queue.is_empty() && conn.input_pending() {
+            let conn = lane.conn.take();
+            drop(lane);
+            drop(conn);
+            return None;
         }
+        let conn = Arc::clone(conn);
+        let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        lane.queue.push_back((id, now));
+        Some(Pick::Ready(Ticket {
+            lanes: self,
+            lane: i,
+            id,
+            conn,
+        }))
     }
 
     /// Gives idle lanes' connections back to the pool, when an exclusive caller is about to

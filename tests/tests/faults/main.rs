@@ -294,6 +294,7 @@ momopool_tests::matrix!(
     b2_immediate_restart_under_query_loop,
     b3_silently_dead_idle_connections,
     b1_idle_connection_closed_just_after_answering,
+    b1_idle_shared_lane_closed_just_after_answering,
     c1_backend_terminated_mid_statement,
     c2_abrupt_loss_mid_statement,
     c2_backend_killed_mid_statement,

@@ -2,11 +2,12 @@
 //! and F2 (statements never cross connections; the no-cache mode does everything).
 
 use crate::{
-    EPSILON, admin_for, builder, finish, proxy_to, unique, via, wait_for_active, watch, within,
+    EPSILON, admin_for, assert_backends_match, builder, finish, proxy_to, unique, via,
+    wait_for_active, watch, within,
 };
 use futures::{StreamExt, TryStreamExt};
 use momopool::Validation;
-use momopool_pg::{Error, PgPool, Recycling};
+use momopool_pg::{CallOptions, Error, PgPool, Recycling, SharedMode};
 use momopool_tests::proxy::Kill;
 use momopool_tests::{Rt, pg};
 use std::sync::Arc;
@@ -135,6 +136,57 @@ pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
         rt.name()
     );
     finish(&rt, &pool, &admin, &app, seen).await;
+}
+
+/// B1 in shared mode: the same FIN just after an answer, on the connection a shared-mode lane
+/// holds. The lane's connection is peeked at before a statement is queued on it with nothing
+/// else in flight, so the statement goes to a new connection instead of the dead one.
+pub(crate) async fn b1_idle_shared_lane_closed_just_after_answering(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "b1_lane_fin");
+    let admin = admin_for(&rt, server, &app).await;
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(2)
+        .shared(SharedMode {
+            connections: 1,
+            max_in_flight: 8,
+            stall_after: Duration::from_secs(5),
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+    for round in 0..5 {
+        pool.query_one("SELECT 1", &[]).await.unwrap();
+        proxy.kill_all(Kill::Fin);
+        // As in the exclusive test: the FIN has arrived, the driver has not run.
+        std::thread::sleep(Duration::from_millis(2));
+        let row = pool
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap_or_else(|e| panic!("[{}] round {round}: {e:?}", rt.name()));
+        assert_eq!(row.get::<_, i32>(0), 1);
+    }
+    assert!(
+        pool.inner().statistics().created >= 6,
+        "[{}] every closed connection was replaced",
+        rt.name()
+    );
+    // `finish` expects every connection back in the pool, but the lane keeps its own.
+    seen.stop(&rt).await;
+    momopool_tests::assert_accounting(pool.inner());
+    let status = pool.inner().status();
+    assert_eq!(status.waiting, 0);
+    assert!(status.in_use <= 1, "only the lane holds a connection");
+    let row = pool
+        .with(CallOptions::new().exclusive())
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_backends_match(&rt, &pool, &admin, &app).await;
 }
 
 /// C2: the network cuts a connection after N bytes, here in the middle of a statement. The
