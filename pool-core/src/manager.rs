@@ -224,6 +224,63 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
+    /// Asked instead of [`needs_check`](Manager::needs_check) when the connection goes
+    /// straight from the caller who just returned it to a caller who was waiting, without
+    /// sitting idle in between. The default asks `needs_check`.
+    ///
+    /// A manager whose `needs_check` looks for trouble that can only arrive while a
+    /// connection sits idle (a socket peek for a server's goodbye, say) can skip that here
+    /// and keep the part about state the last borrower left behind. Must be cheap and must
+    /// not block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Metrics, Pool, ThreadRuntime, Validation};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    ///
+    /// #[derive(Debug, Default)]
+    /// struct Links {
+    ///     peeks: AtomicU32,
+    /// }
+    ///
+    /// impl Manager for Links {
+    ///     type Connection = u32;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<u32, std::io::Error> {
+    ///         Ok(1)
+    ///     }
+    ///
+    ///     fn needs_check(&self, _conn: &mut u32) -> bool {
+    ///         self.peeks.fetch_add(1, Ordering::Relaxed); // a real manager asks the socket
+    ///         false
+    ///     }
+    ///
+    ///     fn needs_check_on_handover(&self, _conn: &mut u32) -> bool {
+    ///         false // it was in use a moment ago: nothing can have arrived unseen
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Links::default())
+    ///     .max_size(1)
+    ///     .validation(Validation::Never)
+    ///     .runtime(ThreadRuntime)
+    ///     .build()
+    ///     .unwrap();
+    /// futures::executor::block_on(async {
+    ///     drop(pool.get().await.unwrap()); // created, then returned to idle
+    ///     let held = pool.get().await.unwrap(); // from idle: one peek
+    ///     // The second caller queues first, then the holder gives the connection back.
+    ///     let (conn, ()) = futures::join!(pool.get(), async move { drop(held) });
+    ///     conn.unwrap(); // handed over: no peek
+    /// });
+    /// assert_eq!(pool.manager().peeks.load(Ordering::Relaxed), 1);
+    /// ```
+    fn needs_check_on_handover(&self, conn: &mut Self::Connection) -> bool {
+        self.needs_check(conn)
+    }
+
     /// Asked only about a connection that [`is_broken`](Manager::is_broken) found broken:
     /// `true` means it died because the server went away (a restart, a failover), so every
     /// older connection is probably dead too and the pool checks each one before reusing it.

@@ -24,6 +24,11 @@
 //! goes to the oldest waiter still waiting (`place`). A caller whose connection failed its
 //! check re-queues at the front, since it was already first in line.
 //!
+//! **Checks at checkout.** Each connection remembers how it reaches its next caller (`Via`):
+//! straight from its connect (nothing to check), straight from the borrower who just returned
+//! it (the manager's `needs_check_on_handover`), or from idle (`needs_check`, then the
+//! validation policy).
+//!
 //! **Stretching.** While callers wait, the pool starts as many connects as waiters outnumber
 //! connects already in flight, within `max_size` and `max_connecting` (`plan_creates`). It
 //! also tops up to `min_size`. After a failed connect nothing starts until a backoff delay has
@@ -83,12 +88,24 @@ pub(crate) struct Entry<C> {
     pub(crate) drain_generation: u64,
     /// The manager asked for a check before reuse.
     pub(crate) dirty: bool,
-    /// Just created and not handed out yet: needs no check.
-    pub(crate) fresh: bool,
+    /// How the connection reaches the caller about to use it.
+    pub(crate) via: Via,
     /// What the borrower said of the connection.
     pub(crate) mark: Mark,
     /// The borrower's slot in the leak detector.
     pub(crate) lease: Option<usize>,
+}
+
+/// How a connection reaches the caller about to use it, which decides what is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// From the idle connections, or in use (the state between checkout and return).
+    Idle,
+    /// Straight from its connect: needs no check.
+    Created,
+    /// Straight from the borrower who just gave it back, without sitting idle:
+    /// [`Manager::needs_check_on_handover`] is asked instead of `needs_check`.
+    Returned,
 }
 
 impl<C> Entry<C> {
@@ -233,8 +250,8 @@ impl<M: Manager> State<M> {
                 }
             }
         }
-        // Only a connection handed straight from its connect to a caller skips the checks.
-        entry.fresh = false;
+        // Whatever brought it here, it now sits idle.
+        entry.via = Via::Idle;
         self.idle.push_back(entry);
     }
 
@@ -731,9 +748,13 @@ impl<M: Manager> Shared<M> {
                 Err(st.wait_timeout(Duration::ZERO))
             }
             Cancelled::Served(entry) if keep_served => Ok(Some(entry)),
-            Cancelled::Served(entry) => {
+            Cancelled::Served(mut entry) => {
                 st.in_use -= 1;
                 st.stats.gets_cancelled += 1;
+                // It waited in the slot for as long as the caller took to go: not a hand-over.
+                if entry.via == Via::Returned {
+                    entry.via = Via::Idle;
+                }
                 // Not a use, so the connection keeps its idle time.
                 st.place(entry, &mut after);
                 Ok(None)
@@ -753,8 +774,8 @@ impl<M: Manager> Shared<M> {
     /// `get()` future stays small: the check's own futures are boxed, and only when a check
     /// really runs.
     pub(crate) fn prepare(self: &Arc<Self>, mut entry: Boxed<M>) -> Prepared<M> {
-        if entry.fresh {
-            entry.fresh = false;
+        let via = std::mem::replace(&mut entry.via, Via::Idle);
+        if via == Via::Created {
             entry.uses += 1;
             return Prepared::Ready(entry);
         }
@@ -766,7 +787,11 @@ impl<M: Manager> Shared<M> {
             if manager.is_broken(&mut entry.conn) {
                 Some(manager.is_server_gone(&mut entry.conn))
             } else {
-                entry.dirty |= manager.needs_check(&mut entry.conn);
+                entry.dirty |= if via == Via::Returned {
+                    manager.needs_check_on_handover(&mut entry.conn)
+                } else {
+                    manager.needs_check(&mut entry.conn)
+                };
                 None
             }
         }))
@@ -947,7 +972,10 @@ impl<M: Manager> Shared<M> {
             None
         };
         match reason {
-            None => st.place(entry, &mut after),
+            None => {
+                entry.via = Via::Returned;
+                st.place(entry, &mut after);
+            }
             Some(reason) => {
                 if broken == Some(true) {
                     self.bump_generation(&mut st);
@@ -1103,7 +1131,7 @@ impl<M: Manager> Shared<M> {
                     generation,
                     drain_generation,
                     dirty: false,
-                    fresh: true,
+                    via: Via::Created,
                     mark: Mark::Keep,
                     lease: None,
                 });

@@ -19,7 +19,9 @@ use std::sync::Arc;
 /// - **is_broken** is true for a closed connection or one a statement found dead;
 /// - **needs_check** is true for a connection in an unknown session state, or whose socket
 ///   holds input nobody asked for (perhaps the FATAL of a server shutdown, still unread),
-///   found by a non-blocking peek: then the check runs before reuse;
+///   found by a non-blocking peek: then the check runs before reuse. A connection handed
+///   straight from the caller who returned it to a waiting one never sat idle, so it is not
+///   peeked at (**needs_check_on_handover**); its session state still counts;
 /// - **classify** makes authentication and unknown-database errors permanent (SQLSTATE class
 ///   28, 3D000) and connection losses "server gone".
 ///
@@ -122,6 +124,13 @@ impl Manager for PgManager {
         // the tail of a failed statement (its ReadyForQuery) or the server's goodbye (the
         // FATAL of a shutdown): a check tells which, for one round trip.
         conn.is_dirty() || conn.input_pending()
+    }
+
+    fn needs_check_on_handover(&self, conn: &mut Connection) -> bool {
+        // Straight from the caller who just had an answer on it to one who was waiting: no
+        // peek, since nothing had time to arrive unseen that would not also slip past a peek
+        // made now. Its session state still counts.
+        conn.is_dirty()
     }
 
     fn is_server_gone(&self, conn: &mut Connection) -> bool {

@@ -58,7 +58,7 @@ pub struct Conn {
     pub broken: bool,
     /// Set (with `broken`) to make `is_server_gone` say the server went away.
     pub server_gone: bool,
-    /// Set to make `needs_check` ask for a check before reuse.
+    /// Set to make `needs_check` (and `needs_check_on_handover`) ask for a check before reuse.
     pub dirty: bool,
     /// The backend epoch this connection was made in; see [`Script::kill_existing`].
     epoch: u64,
@@ -83,6 +83,8 @@ pub struct Counts {
     pub checks: AtomicU64,
     /// Calls to `needs_check`.
     pub needs_checks: AtomicU64,
+    /// Calls to `needs_check_on_handover`.
+    pub handover_checks: AtomicU64,
     /// Connections dropped.
     pub dropped: AtomicU64,
     /// `removed` notices, by reason.
@@ -360,6 +362,11 @@ impl Manager for Script {
 
     fn needs_check(&self, conn: &mut Conn) -> bool {
         self.counts.needs_checks.fetch_add(1, Ordering::SeqCst);
+        conn.dirty
+    }
+
+    fn needs_check_on_handover(&self, conn: &mut Conn) -> bool {
+        self.counts.handover_checks.fetch_add(1, Ordering::SeqCst);
         conn.dirty
     }
 

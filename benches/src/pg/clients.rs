@@ -51,7 +51,7 @@ pub(crate) enum Variant {
     /// without momopool-pg's connection layer.
     MomoCore,
     /// Diagnostic: as `MomoCore`, with the manager peeking at the socket in `needs_check` (on
-    /// every checkout and return), as momopool-pg's manager does.
+    /// every checkout from idle, not on a hand-over), as momopool-pg's manager does.
     MomoCorePeek,
     /// Diagnostic, for T ≤ P: no pool; task i always uses standalone momopool-pg
     /// `Connection` i (behind an uncontended async mutex): the connection layer alone.
@@ -189,7 +189,8 @@ impl ManageConnection for Prepared {
 ///
 /// With `peek` it opens the TCP socket itself and keeps a duplicate of it, and its
 /// `needs_check` peeks at that duplicate without blocking (one `recv(MSG_PEEK)`), as
-/// momopool-pg's manager does on every checkout and every return: that cost alone.
+/// momopool-pg's manager does on every checkout from idle: that cost alone. A connection
+/// handed straight from one caller to a waiting one is not peeked at, as in momopool-pg.
 #[derive(Debug)]
 pub(crate) struct BareManager {
     /// Where to connect.
@@ -262,6 +263,10 @@ impl momopool::Manager for BareManager {
         conn.probe.as_ref().is_some_and(|probe| {
             !matches!(probe.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         })
+    }
+
+    fn needs_check_on_handover(&self, _conn: &mut PreparedClient) -> bool {
+        false
     }
 }
 

@@ -655,7 +655,7 @@ fn diagnose_section(settings: &Settings, plan: &Plan) -> Tally {
          `max_size` = 8) over bare tokio-postgres clients with the statement prepared when \
          connecting (the pool core without momopool-pg's connection layer), and the same with \
          its manager peeking at the socket (a non-blocking `recv(MSG_PEEK)`) in `needs_check`, \
-         on every checkout and every return, as momopool-pg's manager does; at T = 8 also \
+         on every checkout from idle (not on a hand-over), as momopool-pg's manager does; at T = 8 also \
          without any pool, each task using one connection of its own (a standalone \
          momopool-pg `Connection`, or a bare tokio-postgres client, behind an uncontended async \
          mutex): the connection layer alone; deadpool-postgres and the raw clients for \

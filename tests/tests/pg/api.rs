@@ -415,6 +415,36 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
         .unwrap();
 }
 
+/// C8 with a caller waiting: a connection returned inside a failed transaction goes straight
+/// to the waiting caller (it never sits idle, so its socket is not peeked at), and is still
+/// rolled back before that caller's statement runs.
+pub(crate) async fn c8_waiter_handed_a_connection_mid_transaction_gets_it_clean(rt: Rt) {
+    let server = pg::shared();
+    let pool = pool_for(&rt, server.config(&unique(&rt, "c8_handover")), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    for round in 0..3 {
+        let mut holder = pool.get().await.unwrap();
+        holder.batch_execute("BEGIN").await.unwrap();
+        assert!(holder.batch_execute("SELECT 1/0").await.is_err());
+        let waiter = {
+            let pool = pool.clone();
+            rt.spawn(async move { pool.query_one("SELECT 1", &[]).await })
+        };
+        rt.wait_until(Duration::from_secs(5), "caller queued", || {
+            pool.inner().status().waiting == 1
+        })
+        .await;
+        drop(holder); // handed straight to the waiting caller
+        let row = waiter
+            .await
+            .unwrap_or_else(|e| panic!("[{}] round {round}: {e:?}", rt.name()));
+        assert_eq!(row.get::<_, i32>(0), 1);
+    }
+    assert_eq!(pool.inner().statistics().created, 1, "the same connection");
+}
+
 pub(crate) async fn clean_recycling_resets_session_state(rt: Rt) {
     let server = pg::shared();
     let config = server

@@ -53,6 +53,7 @@ momopool_tests::matrix!(
     listen_notify_stream,
     session_statements_run_on_every_connection,
     c8_returned_inside_transaction_is_rolled_back,
+    c8_waiter_handed_a_connection_mid_transaction_gets_it_clean,
     clean_recycling_resets_session_state,
     transaction_closure_commits_and_rolls_back,
     sql_errors_carry_their_sqlstate,

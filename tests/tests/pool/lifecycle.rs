@@ -400,6 +400,66 @@ pub(crate) async fn leak_detection_reports_held_connections(rt: Rt) {
     assert_invariants(&rt, &pool, &script, 4).await;
 }
 
+/// A connection handed straight from the caller returning it to a waiting one is asked about
+/// with `needs_check_on_handover`; one that sat idle (or waited in the slot of a caller who
+/// left) with `needs_check`. A dirty one is checked either way.
+pub(crate) async fn handed_over_connections_are_asked_on_handover(rt: Rt) {
+    let script = Script::new(rt.runtime());
+    let pool = pool_with(&rt, &script, |b| {
+        b.max_size(1).validation(Validation::Never)
+    });
+    let asked = |script: &Script| {
+        (
+            script.counts.needs_checks.load(Ordering::SeqCst),
+            script.counts.handover_checks.load(Ordering::SeqCst),
+        )
+    };
+    drop(pool.get().await.unwrap()); // created: no question at all
+    assert_eq!(asked(&script), (0, 0));
+
+    let mut holder = pool.get().await.unwrap(); // from idle
+    assert_eq!(asked(&script), (1, 0));
+    holder.dirty = true;
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get().await })
+    };
+    rt.wait_until(Duration::from_secs(2), "waiter queued", || {
+        pool.status().waiting == 1
+    })
+    .await;
+    drop(holder);
+    let mut conn = waiter.await.expect("handed over");
+    assert_eq!(asked(&script), (1, 1), "asked on hand-over, not as idle");
+    assert_eq!(
+        script.counts.checks.load(Ordering::SeqCst),
+        1,
+        "a dirty connection is checked when handed over too"
+    );
+    conn.dirty = false;
+    drop(conn);
+
+    // Served to a caller who then left: it sat in that caller's slot for as long as the
+    // caller took to go, so the next waiter's question is `needs_check`.
+    let holder = pool.get().await.unwrap();
+    assert_eq!(asked(&script), (2, 1));
+    let mut leaver = Box::pin(pool.get());
+    assert!(futures::poll!(leaver.as_mut()).is_pending());
+    let next = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get().await })
+    };
+    rt.wait_until(Duration::from_secs(2), "two waiters queued", || {
+        pool.status().waiting == 2
+    })
+    .await;
+    drop(holder); // served to the leaver
+    drop(leaver); // passed on to the next waiter
+    drop(next.await.expect("passed on"));
+    assert_eq!(asked(&script), (3, 1));
+    assert_invariants(&rt, &pool, &script, 1).await;
+}
+
 pub(crate) async fn retain_closes_rejected_idle_connections(rt: Rt) {
     let script = Script::new(rt.runtime());
     let pool = pool_with(&rt, &script, |b| b.min_size(3).max_size(3));

@@ -89,4 +89,5 @@ momopool_tests::matrix!(
     leak_detection_reports_held_connections,
     retain_closes_rejected_idle_connections,
     dirty_connections_are_checked_before_reuse,
+    handed_over_connections_are_asked_on_handover,
 );
