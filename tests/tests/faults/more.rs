@@ -8,7 +8,7 @@ use crate::{
 use futures::{StreamExt, TryStreamExt};
 use momopool::Validation;
 use momopool_pg::{CallOptions, Error, PgPool, Recycling, SharedMode};
-use momopool_tests::proxy::Kill;
+use momopool_tests::proxy::{FaultProxy, Kill};
 use momopool_tests::{Rt, pg};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,32 +97,16 @@ pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
         .unwrap();
 }
 
-/// B1 at its sharpest: the far end closes an idle connection (here the network: a FIN from
-/// the proxy) just after it answered, and the next caller comes at once. The pool must see the end of file
-/// before handing the connection out, although the connection's driver task has not run yet
-/// to notice it (the test blocks its thread meanwhile, which on a current-thread runtime keeps
-/// the driver from running at all): the socket peek at checkout catches it, the connection is
-/// checked and replaced, and the statement runs on a new connection with no error. Without
-/// the peek the statement is sent on the dead socket and fails with its outcome unknown: on
-/// the current-thread runtime always; on multi-threaded executors only when the driver, on
-/// another thread, has not noticed first.
-pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
-    let server = pg::shared();
-    let proxy = proxy_to(server);
-    let app = unique(&rt, "b1_fin");
-    let admin = admin_for(&rt, server, &app).await;
-    let pool = builder(&rt, via(server, &proxy, &app))
-        .min_size(1)
-        .max_size(1)
-        .build_eager()
-        .await
-        .unwrap();
-    let seen = watch(&rt, &pool);
+/// Five rounds of: a statement, then the far end closes its connection (here the network: a
+/// FIN from the proxy) just after the answer, then the next statement at once. Each second
+/// statement must succeed, on a new connection.
+async fn closed_after_each_answer(rt: &Rt, pool: &PgPool, proxy: &FaultProxy) {
     for round in 0..5 {
         pool.query_one("SELECT 1", &[]).await.unwrap();
         proxy.kill_all(Kill::Fin);
         // Long enough for the FIN to arrive over loopback, well within one tick of a coarse
-        // clock: a connection that answered a moment ago is dead all the same.
+        // clock: a connection that answered a moment ago is dead all the same. Blocking the
+        // thread keeps a current-thread runtime's driver tasks from noticing meanwhile.
         std::thread::sleep(Duration::from_millis(2));
         let row = pool
             .query_one("SELECT 1", &[])
@@ -135,6 +119,28 @@ pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
         "[{}] every closed connection was replaced",
         rt.name()
     );
+}
+
+/// B1 at its sharpest: the far end closes an idle connection just after it answered, and the
+/// next caller comes at once. The pool must see the end of file before handing the connection
+/// out, although the connection's driver task has not run yet to notice it: the socket peek
+/// at checkout catches it, the connection is checked and replaced, and the statement runs on
+/// a new connection with no error. Without the peek the statement is sent on the dead socket
+/// and fails with its outcome unknown: on the current-thread runtime always; on
+/// multi-threaded executors only when the driver, on another thread, has not noticed first.
+pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "b1_fin");
+    let admin = admin_for(&rt, server, &app).await;
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(1)
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+    closed_after_each_answer(&rt, &pool, &proxy).await;
     finish(&rt, &pool, &admin, &app, seen).await;
 }
 
@@ -158,22 +164,7 @@ pub(crate) async fn b1_idle_shared_lane_closed_just_after_answering(rt: Rt) {
         .await
         .unwrap();
     let seen = watch(&rt, &pool);
-    for round in 0..5 {
-        pool.query_one("SELECT 1", &[]).await.unwrap();
-        proxy.kill_all(Kill::Fin);
-        // As in the exclusive test: the FIN has arrived, the driver has not run.
-        std::thread::sleep(Duration::from_millis(2));
-        let row = pool
-            .query_one("SELECT 1", &[])
-            .await
-            .unwrap_or_else(|e| panic!("[{}] round {round}: {e:?}", rt.name()));
-        assert_eq!(row.get::<_, i32>(0), 1);
-    }
-    assert!(
-        pool.inner().statistics().created >= 6,
-        "[{}] every closed connection was replaced",
-        rt.name()
-    );
+    closed_after_each_answer(&rt, &pool, &proxy).await;
     // `finish` expects every connection back in the pool, but the lane keeps its own.
     seen.stop(&rt).await;
     momopool_tests::assert_accounting(pool.inner());
