@@ -74,7 +74,7 @@ impl<M: Manager> Waiter<M> {
 
     /// The deadline (and timeout) if the pool's deadline task watches this caller.
     pub(crate) fn pool_deadline(&self) -> Option<(Moment, Duration)> {
-        if self.pool_timed.load(Ordering::Relaxed) {
+        if self.is_pool_timed() {
             self.deadline
         } else {
             None

@@ -70,6 +70,15 @@ impl Default for SharedMode {
     }
 }
 
+/// Takes the lane's connection off it and lets go of it once the lane's lock is released: the
+/// last handle dropped returns the connection to the pool, which takes the pool's lock and
+/// checks it before anyone uses it again.
+fn hand_back(mut lane: MutexGuard<'_, LaneState>) {
+    let conn = lane.conn.take();
+    drop(lane);
+    drop(conn);
+}
+
 #[derive(Default)]
 struct LaneState {
     conn: Option<Arc<Pooled<PgManager>>>,
@@ -118,31 +127,23 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let release = {
-            let mut lane = self.lanes.lane(self.lane);
-            lane.queue.retain(|(id, _)| *id != self.id);
-            let unusable = self.conn.is_closed() || lane.retiring;
-            let wanted = lane.queue.is_empty()
-                && (unusable || Pooled::pool(&self.conn).status().waiting > 0);
-            if (lane.queue.is_empty() && wanted) || (unusable && lane.queue.is_empty()) {
-                // Give the connection back to the pool, which checks it before anyone else
-                // uses it. Requests still queued keep their own handle until they finish.
-                lane.retiring = false;
-                lane.conn.take()
-            } else {
-                if unusable
-                    && lane
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| Arc::ptr_eq(c, &self.conn))
-                {
-                    // Stop new work; the last request out returns it.
-                    lane.retiring = true;
-                }
-                None
-            }
-        };
-        drop(release);
+        let mut lane = self.lanes.lane(self.lane);
+        lane.queue.retain(|(id, _)| *id != self.id);
+        let unusable = self.conn.is_closed() || lane.retiring;
+        let give_back =
+            lane.queue.is_empty() && (unusable || Pooled::pool(&self.conn).status().waiting > 0);
+        if give_back {
+            lane.retiring = false;
+            hand_back(lane);
+        } else if unusable
+            && lane
+                .conn
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &self.conn))
+        {
+            // Stop new work; the last request out returns it.
+            lane.retiring = true;
+        }
     }
 }
 
@@ -186,10 +187,7 @@ impl Lanes {
                 }
                 let closed = lane.conn.as_ref().is_some_and(|c| c.is_closed());
                 if closed && lane.queue.is_empty() {
-                    // Hand it back to the pool, outside the lock.
-                    let conn = lane.conn.take();
-                    drop(lane);
-                    drop(conn);
+                    hand_back(lane);
                     lane = self.lane(i);
                 }
                 match &lane.conn {
@@ -237,9 +235,7 @@ impl Lanes {
             return Some(Pick::Exclusive);
         };
         if lane.queue.is_empty() && conn.input_pending() {
-            let conn = lane.conn.take();
-            drop(lane);
-            drop(conn);
+            hand_back(lane);
             return None;
         }
         let conn = Arc::clone(conn);
@@ -260,15 +256,10 @@ impl Lanes {
             return;
         }
         for i in 0..self.lanes.len() {
-            let conn = {
-                let mut lane = self.lane(i);
-                if lane.queue.is_empty() && !lane.opening {
-                    lane.conn.take()
-                } else {
-                    None
-                }
-            };
-            drop(conn);
+            let lane = self.lane(i);
+            if lane.queue.is_empty() && !lane.opening {
+                hand_back(lane);
+            }
         }
     }
 

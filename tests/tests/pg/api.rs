@@ -98,9 +98,9 @@ pub(crate) async fn tutorial_end_to_end(rt: Rt) {
 }
 
 /// A cursor's stream dropped early. Between fetches, its transaction is rolled back and the
-/// connection is checked, then serves the next caller with no cursor left open. With a fetch in flight, the
-/// rest of that reply would still be on its way: the connection is closed (as broken) instead
-/// of reused, and a new one serves the next caller.
+/// connection is checked, then serves the next caller with no cursor left open. With a fetch
+/// in flight, the rest of that reply would still be on its way: the connection is closed (as
+/// broken) instead of reused, and a new one serves the next caller.
 pub(crate) async fn cursor_dropped_early_leaves_the_pool_clean(rt: Rt) {
     let server = pg::shared();
     let pool = pool_for(&rt, server.config(&unique(&rt, "cursor_drop")), |b| {
