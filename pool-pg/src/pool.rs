@@ -846,7 +846,7 @@ impl PgPool {
     /// ```
     pub async fn get(&self) -> Result<Pooled<PgManager>, Error> {
         if let Some(lanes) = &self.lanes {
-            lanes.release_idle(&self.pool);
+            lanes.make_room(&self.pool);
         }
         Ok(self.pool.get().await?)
     }
@@ -1077,7 +1077,7 @@ impl Calls<'_> {
         started: Instant,
     ) -> Result<Pooled<PgManager>, Error> {
         if let Some(lanes) = &self.pool.lanes {
-            lanes.release_idle(&self.pool.pool);
+            lanes.make_room(&self.pool.pool);
         }
         let conn = match deadline {
             None => self.pool.pool.get().await?,

@@ -172,3 +172,200 @@ pub(crate) async fn shared_mode_keeps_session_changes_exclusive(rt: Rt) {
     );
     slow.await.unwrap();
 }
+
+/// Lanes that never run dry still make room for an exclusive caller: with every connection
+/// held by a busy lane, `get()` (and a call that cannot be shared) gets one within a few
+/// statements' time, not whenever a lane happens to empty.
+pub(crate) async fn shared_mode_busy_lanes_make_room_for_exclusive_callers(rt: Rt) {
+    let pool = PgPool::builder(pg::shared().config(&unique(&rt, "shared_room")))
+        .shared_runtime(rt.pg_runtime())
+        .min_size(2)
+        .max_size(2)
+        .shared(SharedMode {
+            connections: 2,
+            max_in_flight: 32,
+            stall_after: Duration::from_secs(5),
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..24)
+        .map(|_| {
+            let pool = pool.clone();
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let mut done = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    pool.execute("SELECT 1", &[]).await.unwrap();
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    // Let both lanes take their connections and fill up.
+    rt.sleep(Duration::from_millis(200)).await;
+    for round in 0..3 {
+        let status = pool.inner().status();
+        assert_eq!(
+            status.idle,
+            0,
+            "[{}] the lanes hold both connections",
+            rt.name()
+        );
+        let started = Instant::now();
+        let mut conn = rt
+            .timeout(Duration::from_secs(2), pool.get())
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "[{}] round {round}: get() starved behind busy lanes",
+                    rt.name()
+                )
+            })
+            .unwrap();
+        let row = conn.query_one("SELECT 1", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1);
+        drop(conn);
+        let own = rt
+            .timeout(
+                Duration::from_secs(2),
+                pool.execute("SET application_name = 'room'", &[]),
+            )
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "[{}] round {round}: a session change starved behind busy lanes (got a \
+                     connection for get() after {:?})",
+                    rt.name(),
+                    started.elapsed()
+                )
+            });
+        own.unwrap();
+        rt.sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in busy {
+        assert!(task.await > 0, "every busy caller made progress");
+    }
+    let status = pool.inner().status();
+    assert_eq!(status.size, status.idle + status.in_use + status.creating);
+    assert_eq!(status.waiting, 0);
+}
+
+/// When every lane is full and the pool has no connection to spare, callers wait for room on
+/// a lane instead of making a lane give its connection up for one statement each.
+pub(crate) async fn shared_mode_full_lanes_make_callers_wait_for_room(rt: Rt) {
+    let pool = PgPool::builder(pg::shared().config(&unique(&rt, "shared_full")))
+        .shared_runtime(rt.pg_runtime())
+        .min_size(1)
+        .max_size(1)
+        .shared(SharedMode {
+            connections: 1,
+            max_in_flight: 2,
+            stall_after: Duration::from_secs(5),
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let before = pool.inner().statistics();
+    for _ in 0..3 {
+        let pids = futures::future::try_join_all(
+            (0..12).map(|_| pool.query_one("SELECT pg_backend_pid() FROM pg_sleep(0.02)", &[])),
+        )
+        .await
+        .unwrap();
+        let distinct: HashSet<i32> = pids.iter().map(|r| r.get(0)).collect();
+        assert_eq!(distinct.len(), 1, "[{}] one connection in all", rt.name());
+    }
+    let after = pool.inner().statistics();
+    let checkouts =
+        (after.gets_direct + after.gets_waited) - (before.gets_direct + before.gets_waited);
+    assert!(
+        checkouts <= 3,
+        "[{}] 36 calls on a full lane took {checkouts} checkouts from the pool: the lane kept \
+         giving its connection up",
+        rt.name()
+    );
+    assert_eq!(after.created, before.created, "no connection was opened");
+}
+
+/// A caller waiting for room on a full lane keeps its deadline, and its statement was never
+/// sent: the error is a timeout, not an unknown outcome.
+pub(crate) async fn shared_mode_wait_for_room_keeps_the_deadline(rt: Rt) {
+    let pool = PgPool::builder(pg::shared().config(&unique(&rt, "shared_room_deadline")))
+        .shared_runtime(rt.pg_runtime())
+        .min_size(1)
+        .max_size(1)
+        .shared(SharedMode {
+            connections: 1,
+            max_in_flight: 1,
+            stall_after: Duration::from_secs(5),
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let slow = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.execute("SELECT pg_sleep(1)", &[]).await.map(drop) })
+    };
+    rt.sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let err = pool
+        .with(CallOptions::new().timeout(Duration::from_millis(200)))
+        .execute("SELECT 1", &[])
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_timeout(), "[{}] {err:?}", rt.name());
+    assert!(
+        !err.is_outcome_unknown(),
+        "[{}] never sent, yet: {err:?}",
+        rt.name()
+    );
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_millis(200) + EPSILON,
+        "[{}] took {took:?}",
+        rt.name()
+    );
+    slow.await.unwrap();
+    let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// A lane with nothing in flight takes the next call before any busy one: a caller is not
+/// pipelined behind a slow statement while another connection sits unused (here the stall
+/// guard is out of the way: `stall_after` is long).
+pub(crate) async fn shared_mode_prefers_a_lane_with_nothing_in_flight(rt: Rt) {
+    let pool = shared_pool(
+        &rt,
+        &unique(&rt, "shared_free_lane"),
+        SharedMode {
+            connections: 4,
+            max_in_flight: 32,
+            stall_after: Duration::from_secs(5),
+        },
+    )
+    .await;
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            rt.spawn(async move { pool.execute("SELECT pg_sleep(1)", &[]).await.map(drop) })
+        })
+        .collect();
+    rt.sleep(Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        let started = Instant::now();
+        pool.execute("SELECT 1", &[]).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "[{}] a fast query waited {:?}: it was queued behind a slow one",
+            rt.name(),
+            started.elapsed()
+        );
+    }
+    for task in slow {
+        task.await.unwrap();
+    }
+}
