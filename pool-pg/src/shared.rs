@@ -47,7 +47,7 @@ use crate::manager::PgManager;
 use crate::pool::{Done, Work};
 use momopool::{Pool, Pooled};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,7 @@ fn has_room(pool: &Pool<PgManager>) -> bool {
 /// Takes the lane's connection off it and lets go of it once the lane's lock is released: the
 /// last handle dropped returns the connection to the pool, which takes the pool's lock and
 /// checks it before anyone uses it again.
-fn hand_back(mut lane: MutexGuard<'_, LaneState>) {
+fn hand_back(mut lane: LaneGuard<'_>) {
     let conn = lane.conn.take();
     drop(lane);
     drop(conn);
@@ -139,9 +139,69 @@ struct LaneState {
     retiring: bool,
 }
 
+/// One lane: its state behind a lock, and a summary of that state which callers read without
+/// the lock to choose a lane. The summary is rewritten each time the lock is released (by
+/// [`LaneGuard`]'s drop), so it lags the truth by one critical section at most; whatever it
+/// says is checked again under the lock before a request is queued.
+struct Lane {
+    state: Mutex<LaneState>,
+    /// [`HELD`], [`OPENING`] and [`RETIRING`].
+    flags: AtomicU8,
+    /// Requests in flight.
+    load: AtomicUsize,
+    /// When the oldest request in flight started, in nanoseconds since [`Lanes::epoch`],
+    /// plus one; 0 when none is in flight.
+    oldest: AtomicU64,
+}
+
+/// The lane holds a connection.
+const HELD: u8 = 1;
+/// The lane is being given a connection.
+const OPENING: u8 = 2;
+/// The lane takes no new work.
+const RETIRING: u8 = 4;
+
+/// A lane's state, locked; releasing it publishes the lane's summary.
+struct LaneGuard<'a> {
+    lanes: &'a Lanes,
+    lane: &'a Lane,
+    state: MutexGuard<'a, LaneState>,
+}
+
+impl std::ops::Deref for LaneGuard<'_> {
+    type Target = LaneState;
+
+    fn deref(&self) -> &LaneState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for LaneGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LaneState {
+        &mut self.state
+    }
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        let state = &self.state;
+        let flags = if state.conn.is_some() { HELD } else { 0 }
+            | if state.opening { OPENING } else { 0 }
+            | if state.retiring { RETIRING } else { 0 };
+        let oldest = state.queue.front().map_or(0, |(_, started)| {
+            self.lanes.since_epoch(*started).saturating_add(1)
+        });
+        self.lane.flags.store(flags, Ordering::Relaxed);
+        self.lane.load.store(state.queue.len(), Ordering::Relaxed);
+        self.lane.oldest.store(oldest, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Lanes {
     mode: SharedMode,
-    lanes: Vec<Mutex<LaneState>>,
+    lanes: Vec<Lane>,
+    /// The origin of [`Lane::oldest`].
+    epoch: Instant,
     next_ticket: AtomicU64,
     /// Notified when a lane finishes opening (or fails to), and when a full lane or one
     /// giving its connection back lets go of a request: what callers waiting for a lane
@@ -221,15 +281,30 @@ impl Lanes {
         Lanes {
             mode,
             lanes: (0..mode.connections.max(1))
-                .map(|_| Mutex::new(LaneState::default()))
+                .map(|_| Lane {
+                    state: Mutex::new(LaneState::default()),
+                    flags: AtomicU8::new(0),
+                    load: AtomicUsize::new(0),
+                    oldest: AtomicU64::new(0),
+                })
                 .collect(),
+            epoch: Instant::now(),
             next_ticket: AtomicU64::new(0),
             changed: event_listener::Event::new(),
         }
     }
 
-    fn lane(&self, i: usize) -> MutexGuard<'_, LaneState> {
-        self.lanes[i].lock().unwrap_or_else(|e| e.into_inner())
+    fn lane(&self, i: usize) -> LaneGuard<'_> {
+        let lane = &self.lanes[i];
+        LaneGuard {
+            lanes: self,
+            lane,
+            state: lane.state.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Where the next call goes. `may_wait_for_room`: whether a caller who finds every lane
@@ -244,67 +319,76 @@ impl Lanes {
         // Two lanes drawn at random, the better of which takes the call when every lane
         // already has work.
         let (x, y) = two_lanes(n);
-        // A pass ends without a pick only when it took a connection off a lane, so this ends.
+        // A pass ends without a pick only when a lane's connection was found closed or with
+        // input pending (it is then handed back or retired), or when the lane chosen changed
+        // in the meantime, so this ends.
         loop {
             let now = Instant::now();
+            let now_nanos = self.since_epoch(now);
             let mut least: Option<(usize, usize)> = None;
             let mut drawn = [None, None];
+            // The first lane able to take work from the first drawn one on: (distance, lane).
+            let mut next_after_x: Option<(usize, usize)> = None;
             let mut idle_lane = None;
             let mut opening = false;
             // The soonest a full lane could be found stalled.
             let mut full_until: Option<Duration> = None;
-            for i in 0..n {
-                let mut lane = self.lane(i);
-                if lane.opening {
+            // Read without taking any lane's lock: `enqueue` checks the choice under it.
+            for (i, lane) in self.lanes.iter().enumerate() {
+                let flags = lane.flags.load(Ordering::Relaxed);
+                if flags & OPENING != 0 {
                     opening = true;
                     continue;
                 }
-                let closed = lane.conn.as_ref().is_some_and(|c| c.is_closed());
-                if closed && lane.queue.is_empty() {
-                    hand_back(lane);
-                    lane = self.lane(i);
+                if flags & HELD == 0 {
+                    idle_lane = idle_lane.or(Some(i));
+                    continue;
                 }
-                match &lane.conn {
-                    Some(_) if !lane.retiring && !closed => {
-                        let load = lane.queue.len();
-                        let stalled = lane
-                            .queue
-                            .front()
-                            .is_some_and(|(_, t)| now.duration_since(*t) >= self.mode.stall_after);
-                        if load >= self.mode.max_in_flight && !stalled {
-                            let age = lane.queue.front().map(|(_, t)| now.duration_since(*t));
-                            let until = self
-                                .mode
-                                .stall_after
-                                .saturating_sub(age.unwrap_or_default());
-                            full_until = Some(full_until.map_or(until, |u| u.min(until)));
-                        }
-                        if load < self.mode.max_in_flight && !stalled {
-                            if least.is_none_or(|(_, l)| load < l) {
-                                least = Some((i, load));
-                            }
-                            if i == x {
-                                drawn[0] = Some((i, load));
-                            }
-                            if i == y {
-                                drawn[1] = Some((i, load));
-                            }
-                        }
-                    }
-                    None if !lane.opening && idle_lane.is_none() => idle_lane = Some(i),
-                    _ => {}
+                if flags & RETIRING != 0 {
+                    continue;
+                }
+                let load = lane.load.load(Ordering::Relaxed);
+                let age = match lane.oldest.load(Ordering::Relaxed) {
+                    0 => Duration::ZERO,
+                    oldest => Duration::from_nanos(now_nanos.saturating_sub(oldest - 1)),
+                };
+                if age >= self.mode.stall_after {
+                    continue;
+                }
+                if load >= self.mode.max_in_flight {
+                    let until = self.mode.stall_after - age;
+                    full_until = Some(full_until.map_or(until, |u| u.min(until)));
+                    continue;
+                }
+                if least.is_none_or(|(_, l)| load < l) {
+                    least = Some((i, load));
+                }
+                let distance = (i + n - x) % n;
+                if next_after_x.is_none_or(|(d, _)| distance < d) {
+                    next_after_x = Some((distance, i));
+                }
+                if i == x {
+                    drawn[0] = Some((i, load));
+                }
+                if i == y {
+                    drawn[1] = Some((i, load));
                 }
             }
             // A held connection with nothing in flight first, then a lane that could open
             // one, then the less loaded of the two drawn lanes (or whichever of them can take
-            // work, or else the least loaded of all).
+            // work, or else the next one after the first drawn that can: not the least loaded
+            // of all, which near saturation would bring back the lock-step).
             let chosen = match (least, idle_lane) {
                 (Some((i, 0)), _) => Some(i),
                 (_, Some(i)) => {
-                    self.lane(i).opening = true;
+                    let mut lane = self.lane(i);
+                    if lane.conn.is_some() || lane.opening {
+                        continue;
+                    }
+                    lane.opening = true;
                     return Pick::Open(i);
                 }
-                (Some((i, _)), None) => Some(match drawn {
+                (Some(_), None) => Some(match drawn {
                     [Some((a, la)), Some((b, lb))] => {
                         if lb < la {
                             b
@@ -313,7 +397,7 @@ impl Lanes {
                         }
                     }
                     [Some((a, _)), None] | [None, Some((a, _))] => a,
-                    [None, None] => i,
+                    [None, None] => next_after_x.map_or(x, |(_, i)| i),
                 }),
                 (None, None) => None,
             };
@@ -336,15 +420,31 @@ impl Lanes {
         }
     }
 
-    /// A ticket on lane `i`. `None` when its connection, with nothing asked of it, holds input
-    /// nobody asked for (perhaps the server's goodbye, see `PgManager::needs_check`): it is
-    /// handed back to the pool, which checks it before anyone uses it again. Only the chosen
-    /// lane is peeked at: one system call per pick, not one per lane.
+    /// A ticket on lane `i`. `None` when the lane changed since the scan (it is full now,
+    /// retiring, or without a connection), when its connection is closed (it is handed back,
+    /// or retired if requests are still in flight), or when its connection, with nothing
+    /// asked of it, holds input nobody asked for (perhaps the server's goodbye, see
+    /// `PgManager::needs_check`): it is handed back to the pool, which checks it before anyone
+    /// uses it again. Only the chosen lane is peeked at: one system call per pick, not one
+    /// per lane.
     fn enqueue(&self, i: usize, now: Instant) -> Option<Pick<'_>> {
         let mut lane = self.lane(i);
         let Some(conn) = &lane.conn else {
-            return Some(Pick::Exclusive);
+            // Handed back since the scan.
+            return None;
         };
+        if lane.retiring || lane.queue.len() >= self.mode.max_in_flight {
+            return None;
+        }
+        if conn.is_closed() {
+            if lane.queue.is_empty() {
+                hand_back(lane);
+            } else {
+                // Stop new work; the last request out returns it.
+                lane.retiring = true;
+            }
+            return None;
+        }
         if lane.queue.is_empty() && conn.input_pending() {
             hand_back(lane);
             return None;
