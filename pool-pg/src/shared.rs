@@ -1,45 +1,9 @@
 //! Shared mode: several callers pipeline single statements on one connection.
 //!
-//! tokio-postgres sends a request without waiting for the previous one's answer, so one
-//! connection can serve many callers at once, one round trip apart instead of one round trip
-//! each. In shared mode the pool's single-statement calls (`execute` and its variants,
-//! `callproc`) go through a few *lanes*. A lane borrows a connection from the pool while it
-//! has work and gives it back once idle, so exclusive checkouts (`get()`, transactions,
-//! cursors) keep working beside it.
-//!
-//! A lane qualifies for a call when it has fewer than `max_in_flight` requests in flight and
-//! its oldest one started less than `stall_after` ago: a slow statement delays only the few
-//! requests already queued behind it, never new ones. Among the qualifying lanes a call goes
-//! to one with nothing in flight if there is one; else to a lane not yet holding a
-//! connection, which then borrows one; else to the less loaded of two lanes drawn at random.
-//! Not simply to the least loaded of all: callers then move in step, a lane that has just
-//! answered its batch drawing the whole next batch, and a batch queued on a connection whose
-//! server process is descheduled waits as one (on a 2-core machine this doubled the p99.9
-//! latency at 64 callers on 8 lanes, against the same connections shared round-robin).
-//!
-//! While a lane is still opening its connection, callers wait for it rather than each
-//! borrowing a connection of their own. When every qualifying lane is full and the pool has
-//! no connection to spare, a caller waits for room on a lane (within its deadline, and once:
-//! a caller who still finds no room goes on to the pool's first-come-first-served queue).
-//! Otherwise, when no lane qualifies, the call takes the exclusive path, which is also where
-//! statements that could change session state always go. An idle lane keeps its connection
-//! unless callers are waiting in the pool, or the connection needs a check (it is then
-//! returned, and checked there). A caller about to wait in the pool for a connection of its
-//! own makes room first: idle lanes give theirs back at once, and when all are busy the least
-//! loaded one stops taking work and gives its connection back once its requests are
-//! answered, so an exclusive caller never waits for busy lanes to run dry by chance.
-//!
-//! The trade-off, stated plainly: a caller pipelined behind a slow statement waits for it.
-//! `stall_after` bounds how many callers can end up there, not how long they wait. Callers
-//! that cannot accept that use the exclusive mode
-//! ([`CallOptions::exclusive`](crate::CallOptions::exclusive)).
-//!
-//! Retry rules are the same as in exclusive mode. A deadline frees the caller on time; a
-//! cancel request is sent only when the timed-out statement is the one the server is running
-//! (the oldest on its lane), because a cancel hits whatever runs, and the lane stops taking
-//! work so its connection is checked before reuse. A statement that timed out while queued
-//! behind another has already been sent and may still run: the caller gets
-//! [`Error::OutcomeUnknown`] unless it was marked idempotent.
+//! How a call chooses its lane, and the trade-offs, are documented on [`SharedMode`]. Inside,
+//! each lane keeps its state behind a lock and publishes a summary of it whenever the lock is
+//! released, so that choosing a lane reads every lane's summary but locks only the lane
+//! chosen.
 
 use crate::connection::{Connection, Failure};
 use crate::error::Error;
@@ -52,6 +16,47 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Settings of the shared mode; see [`PgPoolBuilder::shared`](crate::PgPoolBuilder::shared).
+///
+/// tokio-postgres sends a request without waiting for the previous one's answer, so one
+/// connection can serve many callers at once, one round trip apart instead of one round trip
+/// each. In shared mode the pool's single-statement calls (`execute` and its variants,
+/// `callproc`) go through up to `connections` *lanes*. A lane borrows a connection from the pool
+/// while it has work and gives it back once idle, so exclusive checkouts (`get()`,
+/// transactions, cursors) keep working beside it.
+///
+/// A lane qualifies for a call when it has fewer than `max_in_flight` requests in flight and
+/// its oldest one started less than `stall_after` ago: a slow statement delays only the few
+/// requests already queued behind it, never new ones. Among the qualifying lanes a call goes
+/// to one with nothing in flight if there is one; else to a lane not yet holding a
+/// connection, which then borrows one; else to the less loaded of two lanes drawn at random.
+/// Not simply to the least loaded of all: callers then move in step, a lane that has just
+/// answered its batch drawing the whole next batch, and a batch queued on a connection whose
+/// server process is descheduled waits as one (on a 2-core machine this doubled the p99.9
+/// latency at 64 callers on 8 lanes, against the same connections shared round-robin).
+///
+/// While a lane is still opening its connection, callers wait for it rather than each
+/// borrowing a connection of their own. When every qualifying lane is full and the pool has
+/// no connection to spare, a caller waits for room on a lane (within its deadline, and once:
+/// a caller who still finds no room goes on to the pool's first-come-first-served queue).
+/// Otherwise, when no lane qualifies, the call takes the exclusive path, which is also where
+/// statements that could change session state always go. An idle lane keeps its connection
+/// unless callers are waiting in the pool, or the connection needs a check (it is then
+/// returned, and checked there). A caller about to wait in the pool for a connection of its
+/// own makes room first: idle lanes give theirs back at once, and when all are busy the least
+/// loaded one stops taking work and gives its connection back once its requests are
+/// answered, so an exclusive caller never waits for busy lanes to run dry by chance.
+///
+/// The trade-off, stated plainly: a caller pipelined behind a slow statement waits for it.
+/// `stall_after` bounds how many callers can end up there, not how long they wait. Callers
+/// that cannot accept that use the exclusive mode
+/// ([`CallOptions::exclusive`](crate::CallOptions::exclusive)).
+///
+/// Retry rules are the same as in exclusive mode. A deadline frees the caller on time; a
+/// cancel request is sent only when the timed-out statement is the one the server is running
+/// (the oldest on its lane), because a cancel hits whatever runs, and the lane stops taking
+/// work so its connection is checked before reuse. A statement that timed out while queued
+/// behind another has already been sent and may still run: the caller gets
+/// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown) unless it was marked idempotent.
 ///
 /// # Examples
 ///
