@@ -505,6 +505,42 @@ impl<M: Manager> Pool<M> {
         self.shared.is_closed()
     }
 
+    /// Whether callers are waiting for a connection, read without taking the pool's lock: it
+    /// is what the pool published when its lock was last released, so it may lag by a
+    /// moment. [`status`](Pool::status)`().waiting` is exact, and takes the lock.
+    ///
+    /// Meant for code that polls often and can act a moment late, such as a layer above the
+    /// pool deciding whether to give a connection back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use momopool::{Manager, Pool, ThreadRuntime};
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u64;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u64, std::io::Error> { Ok(7) }
+    /// # }
+    /// let pool = Pool::builder(Numbers).max_size(1).runtime(ThreadRuntime).build().unwrap();
+    /// let held = futures::executor::block_on(pool.get()).unwrap();
+    /// assert!(!pool.has_waiters());
+    /// let waiter = {
+    ///     let pool = pool.clone();
+    ///     std::thread::spawn(move || futures::executor::block_on(pool.get()).map(drop))
+    /// };
+    /// while !pool.has_waiters() {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    /// }
+    /// drop(held);
+    /// waiter.join().unwrap().unwrap();
+    /// assert!(!pool.has_waiters());
+    /// ```
+    pub fn has_waiters(&self) -> bool {
+        self.shared.has_waiters()
+    }
+
     /// Changes the minimum and maximum size.
     ///
     /// Shrinking closes idle connections above the new maximum at once; connections in use

@@ -1241,6 +1241,10 @@ impl<M: Manager> Shared<M> {
         after.run(self);
     }
 
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }

@@ -223,6 +223,7 @@ impl std::fmt::Debug for Lanes {
 /// A request's place on a lane; leaving it (by drop) updates the lane.
 struct Ticket<'a> {
     lanes: &'a Lanes,
+    pool: &'a Pool<PgManager>,
     lane: usize,
     id: u64,
     conn: Arc<Pooled<PgManager>>,
@@ -248,8 +249,7 @@ impl Drop for Ticket<'_> {
         let was_full = lane.queue.len() >= self.lanes.mode.max_in_flight;
         lane.queue.retain(|(id, _)| *id != self.id);
         let unusable = self.conn.is_closed() || lane.retiring;
-        let give_back =
-            lane.queue.is_empty() && (unusable || Pooled::pool(&self.conn).status().waiting > 0);
+        let give_back = lane.queue.is_empty() && (unusable || self.pool.has_waiters());
         if was_full || give_back {
             // A caller waiting for room on a lane may use this one now (or open it anew).
             self.lanes.changed.notify_additional(1);
@@ -316,7 +316,7 @@ impl Lanes {
     /// full may wait for one to have room (once per call, so that callers arriving meanwhile
     /// cannot keep it waiting for ever: the second time it goes to the pool, whose queue is
     /// first come, first served).
-    fn pick(&self, pool: &Pool<PgManager>, may_wait_for_room: bool) -> Pick<'_> {
+    fn pick<'a>(&'a self, pool: &'a Pool<PgManager>, may_wait_for_room: bool) -> Pick<'a> {
         // Listened to only when the scan says to wait, then the scan is made again, so that a
         // change between the two is not missed.
         let mut listener = None;
@@ -407,7 +407,7 @@ impl Lanes {
                 (None, None) => None,
             };
             let wait = match chosen {
-                Some(i) => match self.enqueue(i, now) {
+                Some(i) => match self.enqueue(pool, i, now) {
                     Some(pick) => return pick,
                     None => continue,
                 },
@@ -432,7 +432,12 @@ impl Lanes {
     /// `PgManager::needs_check`): it is handed back to the pool, which checks it before anyone
     /// uses it again. Only the chosen lane is peeked at: one system call per pick, not one
     /// per lane.
-    fn enqueue(&self, i: usize, now: Instant) -> Option<Pick<'_>> {
+    fn enqueue<'a>(
+        &'a self,
+        pool: &'a Pool<PgManager>,
+        i: usize,
+        now: Instant,
+    ) -> Option<Pick<'a>> {
         let mut lane = self.lane(i);
         let Some(conn) = &lane.conn else {
             // Handed back since the scan.
@@ -459,6 +464,7 @@ impl Lanes {
         lane.queue.push_back((id, now));
         Some(Pick::Ready(Ticket {
             lanes: self,
+            pool,
             lane: i,
             id,
             conn,
@@ -503,7 +509,7 @@ impl Lanes {
     }
 
     /// Gives lane `i` a connection from the pool and a ticket on it.
-    async fn open(&self, i: usize, pool: &Pool<PgManager>) -> Result<Ticket<'_>, Error> {
+    async fn open<'a>(&'a self, i: usize, pool: &'a Pool<PgManager>) -> Result<Ticket<'a>, Error> {
         struct Opening<'a>(&'a Lanes, usize);
         impl Drop for Opening<'_> {
             fn drop(&mut self) {
@@ -519,6 +525,7 @@ impl Lanes {
         lane.conn = Some(Arc::clone(&conn));
         Ok(Ticket {
             lanes: self,
+            pool,
             lane: i,
             id,
             conn,

@@ -53,6 +53,7 @@ momopool_tests::matrix!(
     get_returns_and_reuses,
     stretch_and_shrink_step_by_step,
     nested_get_with_max_one_times_out,
+    has_waiters_follows_the_queue,
     d1_cancellation_fuzz,
     d2_cancelled_at_hand_off,
     d3_cancelled_during_create,

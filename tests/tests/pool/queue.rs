@@ -718,3 +718,26 @@ pub(crate) async fn mixed_deadlines_each_time_out_on_time(rt: Rt) {
     drop(held);
     assert_invariants(&rt, &pool, &script, 1).await;
 }
+
+/// `has_waiters` follows the queue without the pool's lock: true while a caller waits,
+/// false again once it is served, and in agreement with `status().waiting`.
+pub(crate) async fn has_waiters_follows_the_queue(rt: Rt) {
+    let script = Script::new(rt.runtime());
+    let pool = pool_with(&rt, &script, |b| b.max_size(1));
+    let held = pool.get().await.unwrap();
+    assert!(!pool.has_waiters(), "[{}] nobody waits yet", rt.name());
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get().await.map(drop) })
+    };
+    rt.wait_until(Duration::from_secs(2), "the caller queues", || {
+        pool.has_waiters()
+    })
+    .await;
+    assert_eq!(pool.status().waiting, 1);
+    drop(held);
+    waiter.await.unwrap();
+    assert!(!pool.has_waiters(), "[{}] the waiter was served", rt.name());
+    assert_eq!(pool.status().waiting, 0);
+    assert_invariants(&rt, &pool, &script, 1).await;
+}
