@@ -99,23 +99,11 @@ fn two_lanes(n: usize) -> (usize, usize) {
     (x, (x + step) % n)
 }
 
-/// A pseudo-random number from a per-thread SplitMix64: spread is all that matters here, and
-/// a generator per thread costs no shared cache line.
+/// A pseudo-random number: every `RandomState` gets fresh keys, so hashing anything with one
+/// draws a new number. Spread is all that matters here.
 fn random() -> u64 {
-    use std::cell::Cell;
     use std::hash::BuildHasher;
-    thread_local! {
-        static STATE: Cell<u64> =
-            Cell::new(std::collections::hash_map::RandomState::new().hash_one(0x6c61_6e65_u64));
-    }
-    STATE.with(|state| {
-        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(next);
-        let mut z = next;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    })
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 /// Whether the pool could hand out a connection without anyone giving one back: one is idle,
@@ -123,6 +111,16 @@ fn random() -> u64 {
 fn has_room(pool: &Pool<PgManager>) -> bool {
     let status = pool.status();
     status.idle > 0 || status.size < status.max_size
+}
+
+/// Stops a lane taking work: at once if nothing is in flight on it (its connection is handed
+/// back), else once the last request in flight is answered (its ticket hands it back).
+fn retire(mut lane: LaneGuard<'_>) {
+    if lane.queue.is_empty() {
+        hand_back(lane);
+    } else {
+        lane.retiring = true;
+    }
 }
 
 /// Takes the lane's connection off it and lets go of it once the lane's lock is released: the
@@ -330,7 +328,8 @@ impl Lanes {
         loop {
             let now = Instant::now();
             let now_nanos = self.since_epoch(now);
-            let mut least: Option<(usize, usize)> = None;
+            // A lane able to take work with nothing in flight.
+            let mut empty_lane = None;
             let mut drawn = [None, None];
             // The first lane able to take work from the first drawn one on: (distance, lane).
             let mut next_after_x: Option<(usize, usize)> = None;
@@ -365,8 +364,8 @@ impl Lanes {
                     full_until = Some(full_until.map_or(until, |u| u.min(until)));
                     continue;
                 }
-                if least.is_none_or(|(_, l)| load < l) {
-                    least = Some((i, load));
+                if load == 0 {
+                    empty_lane = empty_lane.or(Some(i));
                 }
                 let distance = (i + n - x) % n;
                 if next_after_x.is_none_or(|(d, _)| distance < d) {
@@ -383,9 +382,9 @@ impl Lanes {
             // one, then the less loaded of the two drawn lanes (or whichever of them can take
             // work, or else the next one after the first drawn that can: not the least loaded
             // of all, which near saturation would bring back the lock-step).
-            let chosen = match (least, idle_lane) {
-                (Some((i, 0)), _) => Some(i),
-                (_, Some(i)) => {
+            let chosen = match (empty_lane, idle_lane, next_after_x) {
+                (Some(i), _, _) => Some(i),
+                (None, Some(i), _) => {
                     let mut lane = self.lane(i);
                     if lane.conn.is_some() || lane.opening {
                         continue;
@@ -393,7 +392,7 @@ impl Lanes {
                     lane.opening = true;
                     return Pick::Open(i);
                 }
-                (Some(_), None) => Some(match drawn {
+                (None, None, Some((_, next))) => Some(match drawn {
                     [Some((a, la)), Some((b, lb))] => {
                         if lb < la {
                             b
@@ -402,9 +401,9 @@ impl Lanes {
                         }
                     }
                     [Some((a, _)), None] | [None, Some((a, _))] => a,
-                    [None, None] => next_after_x.map_or(x, |(_, i)| i),
+                    [None, None] => next,
                 }),
-                (None, None) => None,
+                (None, None, None) => None,
             };
             let wait = match chosen {
                 Some(i) => match self.enqueue(pool, i, now) {
@@ -447,12 +446,7 @@ impl Lanes {
             return None;
         }
         if conn.is_closed() {
-            if lane.queue.is_empty() {
-                hand_back(lane);
-            } else {
-                // Stop new work; the last request out returns it.
-                lane.retiring = true;
-            }
+            retire(lane);
             return None;
         }
         if lane.queue.is_empty() && conn.input_pending() {
@@ -499,12 +493,7 @@ impl Lanes {
             return;
         }
         if let Some((i, _)) = least {
-            let mut lane = self.lane(i);
-            if lane.queue.is_empty() {
-                hand_back(lane);
-            } else {
-                lane.retiring = true;
-            }
+            retire(self.lane(i));
         }
     }
 

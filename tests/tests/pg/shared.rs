@@ -16,6 +16,23 @@ async fn shared_pool(rt: &Rt, app: &str, mode: SharedMode) -> PgPool {
         .unwrap()
 }
 
+/// A pool of exactly `lanes` connections, all open, which its lanes can hold entirely; the
+/// stall guard is out of the way (`stall_after` 5 s).
+async fn pool_owned_by_lanes(rt: &Rt, app: &str, lanes: usize, max_in_flight: usize) -> PgPool {
+    PgPool::builder(pg::shared().config(app))
+        .shared_runtime(rt.pg_runtime())
+        .min_size(lanes)
+        .max_size(lanes)
+        .shared(SharedMode {
+            connections: lanes,
+            max_in_flight,
+            stall_after: Duration::from_secs(5),
+        })
+        .build_eager()
+        .await
+        .unwrap()
+}
+
 /// 32 concurrent callers on two lanes run on two backends.
 pub(crate) async fn shared_mode_pipelines_on_few_connections(rt: Rt) {
     let app = unique(&rt, "shared_pipeline");
@@ -177,18 +194,7 @@ pub(crate) async fn shared_mode_keeps_session_changes_exclusive(rt: Rt) {
 /// held by a busy lane, `get()` (and a call that cannot be shared) gets one within a few
 /// statements' time, not whenever a lane happens to empty.
 pub(crate) async fn shared_mode_busy_lanes_make_room_for_exclusive_callers(rt: Rt) {
-    let pool = PgPool::builder(pg::shared().config(&unique(&rt, "shared_room")))
-        .shared_runtime(rt.pg_runtime())
-        .min_size(2)
-        .max_size(2)
-        .shared(SharedMode {
-            connections: 2,
-            max_in_flight: 32,
-            stall_after: Duration::from_secs(5),
-        })
-        .build_eager()
-        .await
-        .unwrap();
+    let pool = pool_owned_by_lanes(&rt, &unique(&rt, "shared_room"), 2, 32).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let busy: Vec<_> = (0..24)
         .map(|_| {
@@ -257,18 +263,7 @@ pub(crate) async fn shared_mode_busy_lanes_make_room_for_exclusive_callers(rt: R
 /// When every lane is full and the pool has no connection to spare, callers wait for room on
 /// a lane instead of making a lane give its connection up for one statement each.
 pub(crate) async fn shared_mode_full_lanes_make_callers_wait_for_room(rt: Rt) {
-    let pool = PgPool::builder(pg::shared().config(&unique(&rt, "shared_full")))
-        .shared_runtime(rt.pg_runtime())
-        .min_size(1)
-        .max_size(1)
-        .shared(SharedMode {
-            connections: 1,
-            max_in_flight: 2,
-            stall_after: Duration::from_secs(5),
-        })
-        .build_eager()
-        .await
-        .unwrap();
+    let pool = pool_owned_by_lanes(&rt, &unique(&rt, "shared_full"), 1, 2).await;
     let before = pool.inner().statistics();
     for _ in 0..3 {
         let pids = futures::future::try_join_all(
@@ -294,18 +289,7 @@ pub(crate) async fn shared_mode_full_lanes_make_callers_wait_for_room(rt: Rt) {
 /// A caller waiting for room on a full lane keeps its deadline, and its statement was never
 /// sent: the error is a timeout, not an unknown outcome.
 pub(crate) async fn shared_mode_wait_for_room_keeps_the_deadline(rt: Rt) {
-    let pool = PgPool::builder(pg::shared().config(&unique(&rt, "shared_room_deadline")))
-        .shared_runtime(rt.pg_runtime())
-        .min_size(1)
-        .max_size(1)
-        .shared(SharedMode {
-            connections: 1,
-            max_in_flight: 1,
-            stall_after: Duration::from_secs(5),
-        })
-        .build_eager()
-        .await
-        .unwrap();
+    let pool = pool_owned_by_lanes(&rt, &unique(&rt, "shared_room_deadline"), 1, 1).await;
     let slow = {
         let pool = pool.clone();
         rt.spawn(async move { pool.execute("SELECT pg_sleep(1)", &[]).await.map(drop) })
