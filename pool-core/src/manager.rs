@@ -268,14 +268,17 @@ pub trait Manager: Send + Sync + 'static {
     ///     .runtime(ThreadRuntime)
     ///     .build()
     ///     .unwrap();
+    /// let peeks = || pool.manager().peeks.load(Ordering::Relaxed);
     /// futures::executor::block_on(async {
-    ///     drop(pool.get().await.unwrap()); // created, then returned to idle
-    ///     let held = pool.get().await.unwrap(); // from idle: one peek
+    ///     let held = pool.get().await.unwrap();
+    ///     let before = peeks();
     ///     // The second caller queues first, then the holder gives the connection back.
     ///     let (conn, ()) = futures::join!(pool.get(), async move { drop(held) });
-    ///     conn.unwrap(); // handed over: no peek
+    ///     drop(conn.unwrap()); // handed over: no peek, then returned to idle
+    ///     assert_eq!(peeks(), before);
+    ///     drop(pool.get().await.unwrap()); // from idle: one peek
+    ///     assert_eq!(peeks(), before + 1);
     /// });
-    /// assert_eq!(pool.manager().peeks.load(Ordering::Relaxed), 1);
     /// ```
     fn needs_check_on_handover(&self, conn: &mut Self::Connection) -> bool {
         self.needs_check(conn)
