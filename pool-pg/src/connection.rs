@@ -12,7 +12,7 @@ use crate::runtime::{PgRuntime, Probe, Socket};
 use crate::sql;
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -173,12 +173,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Runs `request`, marking the connection broken if the request is abandoned half-way.
-async fn guarded_request<T>(broken: &AtomicBool, request: impl Future<Output = T>) -> T {
-    let in_flight = InFlight::new(broken);
-    let out = request.await;
-    in_flight.done();
-    out
+/// Awaits `request`, marking the connection broken (through `broken`, its `&AtomicBool`) if
+/// the awaiting future is dropped half-way. A macro rather than an `async fn`: a request's
+/// future is large, and each `async fn` it passes through copies it once more (three copies
+/// per statement with two such layers).
+macro_rules! tracked {
+    ($broken:expr, $request:expr) => {{
+        let in_flight = InFlight::new($broken);
+        let out = $request.await;
+        in_flight.done();
+        out
+    }};
 }
 
 /// A bounded cache of prepared statements, least recently used out first.
@@ -478,11 +483,6 @@ impl Connection {
             || self.driver.closed.load(Ordering::SeqCst)
     }
 
-    /// Sends one request, marking the connection broken if the caller abandons it half-way.
-    async fn tracked<T>(&self, request: impl Future<Output = T>) -> T {
-        guarded_request(&self.broken, request).await
-    }
-
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
     }
@@ -541,7 +541,7 @@ impl Connection {
         }
         // Preparing has no side effects: a failure here leaves nothing half-done, so the
         // statement itself counts as not sent.
-        match self.tracked(self.client.prepare(sql)).await {
+        match tracked!(&self.broken, self.client.prepare(sql)) {
             Ok(stmt) => {
                 self.cache().insert(sql, stmt.clone());
                 Ok(stmt)
@@ -568,7 +568,7 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match self.tracked(self.client.query(&stmt, params)).await {
+        match tracked!(&self.broken, self.client.query(&stmt, params)) {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -576,12 +576,10 @@ impl Connection {
                     return Err(Failure::sent(Error::PlanInvalidated(err)));
                 }
                 let stmt = self.prepare_cached(sql).await?;
-                self.tracked(self.client.query(&stmt, params))
-                    .await
-                    .map_err(|err| {
-                        self.note(&err);
-                        Failure::sent(err)
-                    })
+                tracked!(&self.broken, self.client.query(&stmt, params)).map_err(|err| {
+                    self.note(&err);
+                    Failure::sent(err)
+                })
             }
             Err(err) => {
                 self.note(&err);
@@ -603,17 +601,15 @@ impl Connection {
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
         let stmt = self.prepare_cached(sql).await?;
-        match self.tracked(self.client.execute(&stmt, params)).await {
+        match tracked!(&self.broken, self.client.execute(&stmt, params)) {
             Ok(n) => Ok(n),
             Err(err) if is_plan_invalidated(&err) && !in_transaction => {
                 self.cache().remove(sql);
                 let stmt = self.prepare_cached(sql).await?;
-                self.tracked(self.client.execute(&stmt, params))
-                    .await
-                    .map_err(|err| {
-                        self.note(&err);
-                        Failure::sent(err)
-                    })
+                tracked!(&self.broken, self.client.execute(&stmt, params)).map_err(|err| {
+                    self.note(&err);
+                    Failure::sent(err)
+                })
             }
             Err(err) if is_plan_invalidated(&err) => {
                 self.cache().remove(sql);
@@ -646,7 +642,7 @@ impl Connection {
             }
             Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
         };
-        self.tracked(run).await.map_err(|err| {
+        tracked!(&self.broken, run).map_err(|err| {
             self.note(&err);
             Failure::sent(err)
         })
@@ -659,12 +655,10 @@ impl Connection {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
-        self.tracked(self.client.batch_execute(sql))
-            .await
-            .map_err(|err| {
-                self.note(&err);
-                Failure::sent(err)
-            })
+        tracked!(&self.broken, self.client.batch_execute(sql)).map_err(|err| {
+            self.note(&err);
+            Failure::sent(err)
+        })
     }
 
     /// Runs a statement and returns its rows.
@@ -881,16 +875,14 @@ impl Connection {
             let rendering = render_literals_sql(&types);
             let typed: Vec<(&(dyn ToSql + Sync), Type)> =
                 params.iter().copied().zip(types.iter().cloned()).collect();
-            let rendered = self
-                .tracked(self.client.query_typed(&rendering, &typed))
-                .await;
+            let rendered = tracked!(&self.broken, self.client.query_typed(&rendering, &typed));
             (types, rendered)
         } else {
             let stmt = self.prepare_cached(sql).await?;
             let types: Vec<Type> = stmt.params().to_vec();
             let rendering = render_literals_sql(&types);
             let render = self.prepare_cached(&rendering).await?;
-            let rendered = self.tracked(self.client.query(&render, params)).await;
+            let rendered = tracked!(&self.broken, self.client.query(&render, params));
             (types, rendered)
         };
         let row = match rendered {
@@ -997,7 +989,7 @@ impl Connection {
                     }
                     State::Open(tx, portal) => (tx, portal),
                 };
-                match guarded_request(broken, tx.query_portal(&portal, chunk)).await {
+                match tracked!(broken, tx.query_portal(&portal, chunk)) {
                     Ok(rows) if rows.is_empty() => {
                         drop(portal);
                         match tx.commit().await {

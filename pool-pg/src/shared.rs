@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 /// its oldest one started less than `stall_after` ago: a slow statement delays only the few
 /// requests already queued behind it, never new ones. Among the qualifying lanes a call goes
 /// to one with nothing in flight if there is one; else to a lane not yet holding a
-/// connection, which then borrows one; else to the less loaded of two lanes drawn at random.
+/// connection, which then borrows one; else to the less loaded of two lanes drawn for the call
+/// (spread evenly over the lanes, call after call).
 /// Not simply to the least loaded of all: callers then move in step, a lane that has just
 /// answered its batch drawing the whole next batch, and a batch queued on a connection whose
 /// server process is descheduled waits as one (on a 2-core machine this doubled the p99.9
@@ -88,22 +89,21 @@ impl Default for SharedMode {
     }
 }
 
-/// Two distinct lanes out of `n` drawn at random (the same one twice when there is only one).
-fn two_lanes(n: usize) -> (usize, usize) {
-    let r = random();
-    let x = (r % n as u64) as usize;
+/// Two distinct lanes out of `n` for the `draw`-th call (the same one twice when there is
+/// only one). Fibonacci hashing of the call's number: consecutive calls land far apart and,
+/// over any run of calls, every lane is drawn about as often as any other. Spread is all that
+/// matters here, and this costs a multiplication where a random number generator would cost
+/// a hash.
+fn two_lanes(draw: u64, n: usize) -> (usize, usize) {
+    let r = draw.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // The high and the low half of `r`, each scaled to a range by a multiplication.
+    let scale = |half: u64, range: usize| ((half * range as u64) >> 32) as usize;
+    let x = scale(r >> 32, n);
     if n < 2 {
         return (x, x);
     }
-    let step = 1 + ((r >> 32) % (n as u64 - 1)) as usize;
+    let step = 1 + scale(r & 0xFFFF_FFFF, n - 1);
     (x, (x + step) % n)
-}
-
-/// A pseudo-random number: every `RandomState` gets fresh keys, so hashing anything with one
-/// draws a new number. Spread is all that matters here.
-fn random() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 /// Whether the pool could hand out a connection without anyone giving one back: one is idle,
@@ -136,8 +136,9 @@ fn hand_back(mut lane: LaneGuard<'_>) {
 struct LaneState {
     conn: Option<Arc<Pooled<PgManager>>>,
     opening: bool,
-    /// Requests in flight, oldest first: (ticket, started).
-    queue: VecDeque<(u64, Instant)>,
+    /// Requests in flight, oldest first: (ticket, started, in nanoseconds since
+    /// [`Lanes::epoch`]).
+    queue: VecDeque<(u64, u64)>,
     /// Stop taking work: the connection is returned once the queue drains.
     retiring: bool,
 }
@@ -166,7 +167,6 @@ const RETIRING: u8 = 4;
 
 /// A lane's state, locked; releasing it publishes the lane's summary.
 struct LaneGuard<'a> {
-    lanes: &'a Lanes,
     lane: &'a Lane,
     state: MutexGuard<'a, LaneState>,
 }
@@ -191,9 +191,10 @@ impl Drop for LaneGuard<'_> {
         let flags = if state.conn.is_some() { HELD } else { 0 }
             | if state.opening { OPENING } else { 0 }
             | if state.retiring { RETIRING } else { 0 };
-        let oldest = state.queue.front().map_or(0, |(_, started)| {
-            self.lanes.since_epoch(*started).saturating_add(1)
-        });
+        let oldest = state
+            .queue
+            .front()
+            .map_or(0, |&(_, started)| started.saturating_add(1));
         self.lane.flags.store(flags, Ordering::Relaxed);
         self.lane.load.store(state.queue.len(), Ordering::Relaxed);
         self.lane.oldest.store(oldest, Ordering::Relaxed);
@@ -206,6 +207,8 @@ pub(crate) struct Lanes {
     /// The origin of [`Lane::oldest`].
     epoch: Instant,
     next_ticket: AtomicU64,
+    /// `mode.stall_after` in nanoseconds, as lane ages are compared.
+    stall_nanos: u64,
     /// Notified when a lane finishes opening (or fails to), and when a full lane or one
     /// giving its connection back lets go of a request: what callers waiting for a lane
     /// wait for.
@@ -245,7 +248,10 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let mut lane = self.lanes.lane(self.lane);
         let was_full = lane.queue.len() >= self.lanes.mode.max_in_flight;
-        lane.queue.retain(|(id, _)| *id != self.id);
+        // Most often the oldest: answers come back in the order requests were sent.
+        if let Some(at) = lane.queue.iter().position(|&(id, _)| id == self.id) {
+            lane.queue.remove(at);
+        }
         let unusable = self.conn.is_closed() || lane.retiring;
         let give_back = lane.queue.is_empty() && (unusable || self.pool.has_waiters());
         if was_full || give_back {
@@ -292,6 +298,7 @@ impl Lanes {
                 })
                 .collect(),
             epoch: Instant::now(),
+            stall_nanos: u64::try_from(mode.stall_after.as_nanos()).unwrap_or(u64::MAX),
             next_ticket: AtomicU64::new(0),
             changed: event_listener::Event::new(),
         }
@@ -300,7 +307,6 @@ impl Lanes {
     fn lane(&self, i: usize) -> LaneGuard<'_> {
         let lane = &self.lanes[i];
         LaneGuard {
-            lanes: self,
             lane,
             state: lane.state.lock().unwrap_or_else(|e| e.into_inner()),
         }
@@ -319,26 +325,32 @@ impl Lanes {
         // change between the two is not missed.
         let mut listener = None;
         let n = self.lanes.len();
-        // Two lanes drawn at random, the better of which takes the call when every lane
-        // already has work.
-        let (x, y) = two_lanes(n);
+        // This call's ticket, should it be queued; its number also draws two lanes, the
+        // better of which takes the call when every lane already has work.
+        let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (x, y) = two_lanes(id, n);
         // A pass ends without a pick only when a lane's connection was found closed or with
         // input pending (it is then handed back or retired), or when the lane chosen changed
         // in the meantime, so this ends.
         loop {
-            let now = Instant::now();
-            let now_nanos = self.since_epoch(now);
+            let now = self.since_epoch(Instant::now());
             // A lane able to take work with nothing in flight.
             let mut empty_lane = None;
-            let mut drawn = [None, None];
-            // The first lane able to take work from the first drawn one on: (distance, lane).
-            let mut next_after_x: Option<(usize, usize)> = None;
+            // The loads of the two drawn lanes; `usize::MAX` while unseen or unable to take
+            // work.
+            let (mut load_x, mut load_y) = (usize::MAX, usize::MAX);
+            // The first lane able to take work from the first drawn one on.
+            let mut next_after_x = None;
             let mut idle_lane = None;
             let mut opening = false;
-            // The soonest a full lane could be found stalled.
-            let mut full_until: Option<Duration> = None;
+            // The soonest a full lane could be found stalled, in nanoseconds from now.
+            let mut full_until = None;
             // Read without taking any lane's lock: `enqueue` checks the choice under it.
-            for (i, lane) in self.lanes.iter().enumerate() {
+            // From the first drawn lane on, so that the first lane found empty (which ends
+            // the scan) is not always the same one. Runs for every statement, so it keeps to
+            // integers.
+            for i in (x..n).chain(0..x) {
+                let lane = &self.lanes[i];
                 let flags = lane.flags.load(Ordering::Relaxed);
                 if flags & OPENING != 0 {
                     opening = true;
@@ -353,29 +365,27 @@ impl Lanes {
                 }
                 let load = lane.load.load(Ordering::Relaxed);
                 let age = match lane.oldest.load(Ordering::Relaxed) {
-                    0 => Duration::ZERO,
-                    oldest => Duration::from_nanos(now_nanos.saturating_sub(oldest - 1)),
+                    0 => 0,
+                    oldest => now.saturating_sub(oldest - 1),
                 };
-                if age >= self.mode.stall_after {
+                if age >= self.stall_nanos {
                     continue;
                 }
                 if load >= self.mode.max_in_flight {
-                    let until = self.mode.stall_after - age;
-                    full_until = Some(full_until.map_or(until, |u| u.min(until)));
+                    let until = self.stall_nanos - age;
+                    full_until = Some(full_until.map_or(until, |u: u64| u.min(until)));
                     continue;
                 }
                 if load == 0 {
-                    empty_lane = empty_lane.or(Some(i));
+                    // Nothing else would be chosen over it.
+                    empty_lane = Some(i);
+                    break;
                 }
-                let distance = (i + n - x) % n;
-                if next_after_x.is_none_or(|(d, _)| distance < d) {
-                    next_after_x = Some((distance, i));
-                }
+                next_after_x = next_after_x.or(Some(i));
                 if i == x {
-                    drawn[0] = Some((i, load));
-                }
-                if i == y {
-                    drawn[1] = Some((i, load));
+                    load_x = load;
+                } else if i == y {
+                    load_y = load;
                 }
             }
             // A held connection with nothing in flight first, then a lane that could open
@@ -392,21 +402,15 @@ impl Lanes {
                     lane.opening = true;
                     return Pick::Open(i);
                 }
-                (None, None, Some((_, next))) => Some(match drawn {
-                    [Some((a, la)), Some((b, lb))] => {
-                        if lb < la {
-                            b
-                        } else {
-                            a
-                        }
-                    }
-                    [Some((a, _)), None] | [None, Some((a, _))] => a,
-                    [None, None] => next,
+                (None, None, Some(next)) => Some(match (load_x, load_y) {
+                    (usize::MAX, usize::MAX) => next,
+                    (lx, ly) if ly < lx => y,
+                    _ => x,
                 }),
                 (None, None, None) => None,
             };
             let wait = match chosen {
-                Some(i) => match self.enqueue(pool, i, now) {
+                Some(i) => match self.enqueue(pool, i, id, now) {
                     Some(pick) => return pick,
                     None => continue,
                 },
@@ -414,7 +418,9 @@ impl Lanes {
                 // Every lane is full: wait for room rather than take a connection from the
                 // pool, unless one is there for the taking (else a lane would have to give
                 // its own up, for one statement).
-                None if may_wait_for_room && full_until.is_some() && !has_room(pool) => full_until,
+                None if may_wait_for_room && full_until.is_some() && !has_room(pool) => {
+                    full_until.map(Duration::from_nanos)
+                }
                 None => return Pick::Exclusive,
             };
             match listener.take() {
@@ -424,18 +430,19 @@ impl Lanes {
         }
     }
 
-    /// A ticket on lane `i`. `None` when the lane changed since the scan (it is full now,
-    /// retiring, or without a connection), when its connection is closed (it is handed back,
-    /// or retired if requests are still in flight), or when its connection, with nothing
-    /// asked of it, holds input nobody asked for (perhaps the server's goodbye, see
-    /// `PgManager::needs_check`): it is handed back to the pool, which checks it before anyone
-    /// uses it again. Only the chosen lane is peeked at: one system call per pick, not one
-    /// per lane.
+    /// Ticket `id` on lane `i`, started at `now` (since [`Lanes::epoch`]). `None` when the
+    /// lane changed since the scan (it is full now, retiring, or without a connection), when
+    /// its connection is closed (it is handed back, or retired if requests are still in
+    /// flight), or when its connection, with nothing asked of it, holds input nobody asked for
+    /// (perhaps the server's goodbye, see `PgManager::needs_check`): it is handed back to the
+    /// pool, which checks it before anyone uses it again. Only the chosen lane is peeked at:
+    /// one system call per pick, not one per lane.
     fn enqueue<'a>(
         &'a self,
         pool: &'a Pool<PgManager>,
         i: usize,
-        now: Instant,
+        id: u64,
+        now: u64,
     ) -> Option<Pick<'a>> {
         let mut lane = self.lane(i);
         let Some(conn) = &lane.conn else {
@@ -454,7 +461,6 @@ impl Lanes {
             return None;
         }
         let conn = Arc::clone(conn);
-        let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         lane.queue.push_back((id, now));
         Some(Pick::Ready(Ticket {
             lanes: self,
@@ -510,7 +516,7 @@ impl Lanes {
         let conn = Arc::new(pool.get().await?);
         let mut lane = self.lane(i);
         let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        lane.queue.push_back((id, Instant::now()));
+        lane.queue.push_back((id, self.since_epoch(Instant::now())));
         lane.conn = Some(Arc::clone(&conn));
         Ok(Ticket {
             lanes: self,
@@ -599,18 +605,29 @@ mod tests {
 
     #[test]
     fn two_lanes_are_distinct_in_range_and_spread() {
-        assert_eq!(two_lanes(1), (0, 0));
-        for n in 2..12 {
-            let mut seen = vec![0usize; n];
-            for _ in 0..200 * n {
-                let (x, y) = two_lanes(n);
-                assert!(x < n && y < n && x != y, "{x}, {y} of {n}");
-                seen[x] += 1;
-                seen[y] += 1;
+        assert_eq!(two_lanes(7, 1), (0, 0));
+        // From the first call on, and across the counter's wrap.
+        for first in [0, u64::MAX - 1000] {
+            for n in 2..12 {
+                let mut seen = vec![0usize; n];
+                let mut pairs = vec![0usize; n * n];
+                for draw in (0..400 * n as u64).map(|k| first.wrapping_add(k)) {
+                    let (x, y) = two_lanes(draw, n);
+                    assert!(x < n && y < n && x != y, "{x}, {y} of {n}");
+                    seen[x] += 1;
+                    seen[y] += 1;
+                    pairs[x * n + y] += 1;
+                }
+                // Each lane is drawn about 800 times; fewer than 700 would mean the draw
+                // favours some lanes.
+                assert!(seen.iter().all(|&c| c > 700), "{n} lanes: {seen:?}");
+                // Every pair is drawn too (about 400 / (n - 1) times): the second lane is not
+                // tied to the first.
+                let missing = (0..n * n)
+                    .filter(|&p| p / n != p % n && pairs[p] == 0)
+                    .count();
+                assert_eq!(missing, 0, "{n} lanes: {pairs:?}");
             }
-            // Each lane is drawn about 400 times; a lane drawn fewer than 200 would mean the
-            // draw favours some lanes.
-            assert!(seen.iter().all(|&c| c > 200), "{n} lanes: {seen:?}");
         }
     }
 }

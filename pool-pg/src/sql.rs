@@ -918,63 +918,67 @@ mod tests {
     }
 }
 
+/// The longest keyword the checks below look for ("deallocate").
+const KEYWORD_MAX: usize = 10;
+
+/// For each `;`-separated statement of `sql`: its first word (a run of ASCII letters, anything
+/// before it skipped), lowercased, and the rest of the statement after that word. A word too
+/// long to be a keyword comes back empty. A rough look: a `;` inside a literal or a comment
+/// splits too, which makes the callers' answers err towards yes.
+///
+/// Runs before every statement, so it works on bytes and allocates nothing.
+fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize, &[u8])> {
+    sql.as_bytes().split(|&b| b == b';').map(|statement| {
+        let (word, rest) = next_word(statement);
+        let mut lower = [0u8; KEYWORD_MAX];
+        let len = if word.len() <= KEYWORD_MAX {
+            for (to, from) in lower.iter_mut().zip(word) {
+                *to = from.to_ascii_lowercase();
+            }
+            word.len()
+        } else {
+            0
+        };
+        (lower, len, rest)
+    })
+}
+
+/// The first run of ASCII letters in `text`, and what follows it.
+fn next_word(text: &[u8]) -> (&[u8], &[u8]) {
+    let start = text
+        .iter()
+        .position(u8::is_ascii_alphabetic)
+        .unwrap_or(text.len());
+    let text = &text[start..];
+    let end = text
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    text.split_at(end)
+}
+
 /// Whether `sql` may leave a transaction open: any of its statements starts with `BEGIN` or
 /// `START` (a rough look that may say yes too often, which only costs a `ROLLBACK` round
 /// trip before the connection's next use).
 pub(crate) fn may_open_transaction(sql: &str) -> bool {
-    sql.split(';').any(|statement| {
-        let statement = statement.trim_start();
-        let end = statement
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(statement.len());
-        let word = &statement[..end];
-        word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("start")
-    })
+    statement_heads(sql).any(|(word, len, _)| matches!(&word[..len], b"begin" | b"start"))
 }
 
 /// Whether `sql` may change the session's state (transaction control, settings, cursors,
-/// listening, prepared statements, temporary objects, locks, `DO` blocks), which would leak to
-/// other callers sharing the connection. A rough look by first keyword that errs on the side
-/// of yes; `set_config()` inside a query is not spotted.
+/// listening, prepared statements, temporary objects, locks, `DO` blocks, `COPY`), which
+/// would leak to other callers sharing the connection. A rough look by first keyword that
+/// errs on the side of yes; `set_config()` inside a query is not spotted.
 pub(crate) fn may_change_session(sql: &str) -> bool {
-    const SESSION_WORDS: [&str; 20] = [
-        "begin",
-        "start",
-        "commit",
-        "rollback",
-        "end",
-        "abort",
-        "savepoint",
-        "release",
-        "set",
-        "reset",
-        "listen",
-        "unlisten",
-        "declare",
-        "prepare",
-        "deallocate",
-        "discard",
-        "lock",
-        "fetch",
-        "move",
-        "do",
-    ];
-    sql.split(';').any(|statement| {
-        let mut words = statement
-            .split(|c: char| !c.is_ascii_alphabetic())
-            .filter(|w| !w.is_empty());
-        match words.next() {
-            Some(first) if SESSION_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w)) => true,
-            Some(first)
-                if first.eq_ignore_ascii_case("close") || first.eq_ignore_ascii_case("copy") =>
-            {
-                true
-            }
-            Some(first) if first.eq_ignore_ascii_case("create") => words.next().is_some_and(|w| {
-                w.eq_ignore_ascii_case("temp") || w.eq_ignore_ascii_case("temporary")
-            }),
-            _ => false,
+    statement_heads(sql).any(|(word, len, rest)| match &word[..len] {
+        b"begin" | b"start" | b"commit" | b"rollback" | b"end" | b"abort" | b"savepoint"
+        | b"release" | b"set" | b"reset" | b"listen" | b"unlisten" | b"declare" | b"prepare"
+        | b"deallocate" | b"discard" | b"lock" | b"fetch" | b"move" | b"do" | b"close"
+        | b"copy" => true,
+        b"create" => {
+            let (next, _) = next_word(rest);
+            next.eq_ignore_ascii_case(b"temp") || next.eq_ignore_ascii_case(b"temporary")
         }
+        _ => false,
     })
 }
 
@@ -991,6 +995,10 @@ mod transaction_tests {
         assert!(may_open_transaction("  START TRANSACTION"));
         assert!(!may_open_transaction("SELECT begin_date FROM t"));
         assert!(!may_open_transaction("COMMIT"));
+        assert!(!may_open_transaction("beginning"));
+        assert!(may_open_transaction(
+            "SELECT 1;\tStart transaction read only"
+        ));
     }
 
     #[test]
@@ -1003,5 +1011,11 @@ mod transaction_tests {
         assert!(!may_change_session("SELECT settings FROM t"));
         assert!(!may_change_session("CREATE TABLE t (x int)"));
         assert!(!may_change_session("INSERT INTO t VALUES (1)"));
+        assert!(may_change_session("copy t from stdin"));
+        assert!(may_change_session("Create Temporary Table t (x int)"));
+        assert!(may_change_session("\n  (DEALLOCATE ALL)"));
+        assert!(!may_change_session("deallocated")); // not a keyword: one letter too many
+        assert!(!may_change_session("SELECT 'é'; SELECT 2"));
+        assert!(!may_change_session(""));
     }
 }
