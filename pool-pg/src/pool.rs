@@ -845,9 +845,10 @@ impl PgPool {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self) -> Result<Pooled<PgManager>, Error> {
-        if let Some(lanes) = &self.lanes {
-            lanes.make_room(&self.pool);
-        }
+        let _claim = self
+            .lanes
+            .as_ref()
+            .and_then(|lanes| lanes.make_room(&self.pool));
         Ok(self.pool.get().await?)
     }
 
@@ -1076,9 +1077,8 @@ impl Calls<'_> {
         deadline: Option<Duration>,
         started: Instant,
     ) -> Result<Pooled<PgManager>, Error> {
-        if let Some(lanes) = &self.pool.lanes {
-            lanes.make_room(&self.pool.pool);
-        }
+        let lanes = self.pool.lanes.as_ref();
+        let _claim = lanes.and_then(|lanes| lanes.make_room(&self.pool.pool));
         let conn = match deadline {
             None => self.pool.pool.get().await?,
             Some(limit) => {

@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 /// returned, and checked there). A caller about to wait in the pool for a connection of its
 /// own makes room first: idle lanes give theirs back at once, and when all are busy the least
 /// loaded one stops taking work and gives its connection back once its requests are
-/// answered, so an exclusive caller never waits for busy lanes to run dry by chance.
+/// answered, so an exclusive caller never waits for busy lanes to run dry by chance. Until
+/// that caller has its connection, no lane borrows one: lanes with work to do cannot take back
+/// what was given up for it.
 ///
 /// The trade-off, stated plainly: a caller pipelined behind a slow statement waits for it.
 /// `stall_after` bounds how many callers can end up there, not how long they wait. Callers
@@ -209,6 +211,9 @@ pub(crate) struct Lanes {
     next_ticket: AtomicU64,
     /// `mode.stall_after` in nanoseconds, as lane ages are compared.
     stall_nanos: u64,
+    /// Callers getting a connection of their own from an exhausted pool: while there are
+    /// any, no lane borrows one.
+    claims: AtomicUsize,
     /// Notified when a lane finishes opening (or fails to), and when a full lane or one
     /// giving its connection back lets go of a request: what callers waiting for a lane
     /// wait for.
@@ -273,6 +278,16 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// A caller's claim on a connection of its own, from [`Lanes::make_room`]; held until the
+/// pool has answered it.
+pub(crate) struct Claim<'a>(&'a Lanes);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.claims.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 enum Pick<'a> {
     /// Queued on a lane.
     Ready(Ticket<'a>),
@@ -299,6 +314,7 @@ impl Lanes {
                 .collect(),
             epoch: Instant::now(),
             stall_nanos: u64::try_from(mode.stall_after.as_nanos()).unwrap_or(u64::MAX),
+            claims: AtomicUsize::new(0),
             next_ticket: AtomicU64::new(0),
             changed: event_listener::Event::new(),
         }
@@ -334,6 +350,8 @@ impl Lanes {
         // in the meantime, so this ends.
         loop {
             let now = self.since_epoch(Instant::now());
+            // Lanes without a connection stay so while a caller claims one of its own.
+            let claimed = self.claims.load(Ordering::Relaxed) != 0;
             // A lane able to take work with nothing in flight.
             let mut empty_lane = None;
             // The loads of the two drawn lanes; `usize::MAX` while unseen or unable to take
@@ -357,7 +375,9 @@ impl Lanes {
                     continue;
                 }
                 if flags & HELD == 0 {
-                    idle_lane = idle_lane.or(Some(i));
+                    if !claimed {
+                        idle_lane = idle_lane.or(Some(i));
+                    }
                     continue;
                 }
                 if flags & RETIRING != 0 {
@@ -476,11 +496,18 @@ impl Lanes {
     /// the pool cannot open another connection, the least loaded lane stops taking work and
     /// gives its connection back once its requests in flight are answered, so that an
     /// exclusive caller never waits for busy lanes to run dry by chance.
-    pub(crate) fn make_room(&self, pool: &Pool<PgManager>) {
+    ///
+    /// The caller keeps the returned claim until the pool has answered it: while any claim
+    /// is held, no lane borrows a connection, so a connection given back here reaches the
+    /// caller even if lanes with work to do see it first. `None` when the pool has a
+    /// connection idle, with nothing to claim.
+    pub(crate) fn make_room(&self, pool: &Pool<PgManager>) -> Option<Claim<'_>> {
         let status = pool.status();
         if status.idle > 0 {
-            return;
+            return None;
         }
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        let claim = Claim(self);
         let mut released = false;
         let mut least: Option<(usize, usize)> = None;
         for i in 0..self.lanes.len() {
@@ -495,16 +522,22 @@ impl Lanes {
                 least = Some((i, lane.queue.len()));
             }
         }
-        if released || status.size < status.max_size {
-            return;
+        if !released && status.size >= status.max_size {
+            if let Some((i, _)) = least {
+                retire(self.lane(i));
+            }
         }
-        if let Some((i, _)) = least {
-            retire(self.lane(i));
-        }
+        Some(claim)
     }
 
-    /// Gives lane `i` a connection from the pool and a ticket on it.
-    async fn open<'a>(&'a self, i: usize, pool: &'a Pool<PgManager>) -> Result<Ticket<'a>, Error> {
+    /// Gives lane `i` a connection from the pool and a ticket on it. `None` when a caller
+    /// claimed a connection of its own meanwhile (see [`make_room`](Lanes::make_room)): the
+    /// connection goes back to the pool, for that caller, and the call chooses again.
+    async fn open<'a>(
+        &'a self,
+        i: usize,
+        pool: &'a Pool<PgManager>,
+    ) -> Result<Option<Ticket<'a>>, Error> {
         struct Opening<'a>(&'a Lanes, usize);
         impl Drop for Opening<'_> {
             fn drop(&mut self) {
@@ -514,17 +547,20 @@ impl Lanes {
         }
         let _opening = Opening(self, i);
         let conn = Arc::new(pool.get().await?);
+        if self.claims.load(Ordering::Relaxed) != 0 {
+            return Ok(None);
+        }
         let mut lane = self.lane(i);
         let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         lane.queue.push_back((id, self.since_epoch(Instant::now())));
         lane.conn = Some(Arc::clone(&conn));
-        Ok(Ticket {
+        Ok(Some(Ticket {
             lanes: self,
             pool,
             lane: i,
             id,
             conn,
-        })
+        }))
     }
 
     /// Runs one statement in shared mode. `None` means: take the exclusive path instead (no
@@ -540,7 +576,8 @@ impl Lanes {
             match self.pick(pool, !waited_for_room) {
                 Pick::Ready(ticket) => break ticket,
                 Pick::Open(i) => match self.open(i, pool).await {
-                    Ok(ticket) => break ticket,
+                    Ok(Some(ticket)) => break ticket,
+                    Ok(None) => {}
                     Err(error) => return Some(Err(Failure { error, sent: false })),
                 },
                 Pick::Wait(changed, at_most) => {
