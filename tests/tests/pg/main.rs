@@ -72,6 +72,7 @@ momopool_tests::matrix!(
     shared_mode_deadlines,
     shared_mode_keeps_session_changes_exclusive,
     shared_mode_busy_lanes_make_room_for_exclusive_callers,
+    shared_mode_lane_yields_to_an_exclusive_claim,
     shared_mode_full_lanes_make_callers_wait_for_room,
     shared_mode_wait_for_room_keeps_the_deadline,
     shared_mode_prefers_a_lane_with_nothing_in_flight,

@@ -190,6 +190,71 @@ pub(crate) async fn shared_mode_keeps_session_changes_exclusive(rt: Rt) {
     slow.await.unwrap();
 }
 
+/// A connection given back for an exclusive caller reaches that caller, even when a lane
+/// asked the pool first: the lane, which would keep it for as long as it has work, gives it
+/// back and the shared call goes elsewhere.
+pub(crate) async fn shared_mode_lane_yields_to_an_exclusive_claim(rt: Rt) {
+    let pool = pool_owned_by_lanes(&rt, &unique(&rt, "shared_claim"), 1, 32).await;
+    // The only connection, held exclusively: the lane has none.
+    let held = pool.get().await.unwrap();
+    // A shared call: its lane asks the pool for a connection and queues first.
+    let shared = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            let row = pool.query_one("SELECT 7 FROM pg_sleep(3)", &[]).await?;
+            Ok::<i32, Error>(row.get(0))
+        })
+    };
+    rt.sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        pool.inner().status().waiting,
+        1,
+        "[{}] the lane queued",
+        rt.name()
+    );
+    // An exclusive caller queues second.
+    let exclusive = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            let mut conn = pool.get().await?;
+            let got_at = Instant::now();
+            let one: i32 = conn.query_one("SELECT 1", &[]).await?.get(0);
+            Ok::<_, Error>((got_at, one))
+        })
+    };
+    rt.sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        pool.inner().status().waiting,
+        2,
+        "[{}] the caller queued",
+        rt.name()
+    );
+    let released = Instant::now();
+    drop(held);
+    let (got_at, one) = rt
+        .timeout(Duration::from_secs(10), exclusive)
+        .await
+        .expect("the exclusive caller got a connection")
+        .unwrap();
+    assert_eq!(one, 1);
+    // Had the lane kept the connection, the caller would have waited for its 3 s statement.
+    assert!(
+        got_at - released < Duration::from_millis(1500),
+        "[{}] the exclusive caller waited {:?} behind the lane",
+        rt.name(),
+        got_at - released
+    );
+    let seven = rt
+        .timeout(Duration::from_secs(10), shared)
+        .await
+        .expect("the shared call finished")
+        .unwrap();
+    assert_eq!(seven, 7, "[{}] the shared call ran elsewhere", rt.name());
+    let status = pool.inner().status();
+    assert_eq!(status.size, status.idle + status.in_use + status.creating);
+    assert_eq!(status.waiting, 0);
+}
+
 /// Lanes that never run dry still make room for an exclusive caller: with every connection
 /// held by a busy lane, `get()` (and a call that cannot be shared) gets one within a few
 /// statements' time, not whenever a lane happens to empty.
