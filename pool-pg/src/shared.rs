@@ -497,17 +497,21 @@ impl Lanes {
     /// gives its connection back once its requests in flight are answered, so that an
     /// exclusive caller never waits for busy lanes to run dry by chance.
     ///
-    /// The caller keeps the returned claim until the pool has answered it: while any claim
-    /// is held, no lane borrows a connection, so a connection given back here reaches the
-    /// caller even if lanes with work to do see it first. `None` when the pool has a
-    /// connection idle, with nothing to claim.
+    /// When the pool cannot open another connection, the caller keeps the returned claim
+    /// until the pool has answered it: while any claim is held, no lane borrows a
+    /// connection, so a connection given back here reaches the caller even if lanes with
+    /// work to do see it first. `None` when the pool has a connection idle or room for
+    /// another (it opens one for the caller if need be).
     pub(crate) fn make_room(&self, pool: &Pool<PgManager>) -> Option<Claim<'_>> {
         let status = pool.status();
         if status.idle > 0 {
             return None;
         }
-        self.claims.fetch_add(1, Ordering::Relaxed);
-        let claim = Claim(self);
+        let exhausted = status.size >= status.max_size;
+        let claim = exhausted.then(|| {
+            self.claims.fetch_add(1, Ordering::Relaxed);
+            Claim(self)
+        });
         let mut released = false;
         let mut least: Option<(usize, usize)> = None;
         for i in 0..self.lanes.len() {
@@ -522,12 +526,12 @@ impl Lanes {
                 least = Some((i, lane.queue.len()));
             }
         }
-        if !released && status.size >= status.max_size {
+        if !released && exhausted {
             if let Some((i, _)) = least {
                 retire(self.lane(i));
             }
         }
-        Some(claim)
+        claim
     }
 
     /// Gives lane `i` a connection from the pool and a ticket on it. `None` when a caller

@@ -422,6 +422,18 @@ fn header(settings: &Settings, cluster: &Cluster, waited: Option<Duration>) {
     }
 }
 
+/// The pools momopool-pg is compared with, and the raw clients.
+const PEERS: [Variant; 4] = [
+    Variant::Deadpool,
+    Variant::Bb8 {
+        test_on_check_out: true,
+    },
+    Variant::Bb8 {
+        test_on_check_out: false,
+    },
+    Variant::Raw,
+];
+
 /// The variants of the grid, in the order they run.
 fn variants(settings: &Settings) -> Vec<Variant> {
     let mut list = vec![Variant::Momo, MOMO_SHARED];
@@ -431,16 +443,7 @@ fn variants(settings: &Settings) -> Vec<Variant> {
             .iter()
             .map(|&max_in_flight| Variant::MomoShared { max_in_flight }),
     );
-    list.extend([
-        Variant::Deadpool,
-        Variant::Bb8 {
-            test_on_check_out: true,
-        },
-        Variant::Bb8 {
-            test_on_check_out: false,
-        },
-        Variant::Raw,
-    ]);
+    list.extend(PEERS);
     keep(settings, list)
 }
 
@@ -732,18 +735,9 @@ fn diagnose_section(settings: &Settings, plan: &Plan) -> Tally {
 
 /// The variants the instruction counts cover, and the ones a counted child can be asked for.
 fn counted_variants() -> Vec<Variant> {
-    vec![
-        Variant::Momo,
-        MOMO_SHARED,
-        Variant::Deadpool,
-        Variant::Bb8 {
-            test_on_check_out: true,
-        },
-        Variant::Bb8 {
-            test_on_check_out: false,
-        },
-        Variant::Raw,
-    ]
+    let mut list = vec![Variant::Momo, MOMO_SHARED];
+    list.extend(PEERS);
+    list
 }
 
 /// Section 3: the client's instructions per statement, counted by callgrind.
