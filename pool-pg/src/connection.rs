@@ -191,20 +191,31 @@ macro_rules! tracked {
 struct StatementCache {
     capacity: usize,
     tick: u64,
-    entries: HashMap<String, (Statement, u64)>,
+    entries: HashMap<String, Cached>,
+}
+
+/// A prepared statement, and what is known of its SQL text.
+#[derive(Debug)]
+struct Cached {
+    stmt: Statement,
+    /// [`sql::may_open_transaction`], worked out once.
+    opens_transaction: bool,
+    /// The cache's tick when it was last used.
+    used: u64,
 }
 
 impl StatementCache {
-    fn get(&mut self, sql: &str) -> Option<Statement> {
+    /// The statement prepared for `sql`, and whether it may open a transaction.
+    fn get(&mut self, sql: &str) -> Option<(Statement, bool)> {
         self.tick += 1;
         let tick = self.tick;
-        self.entries.get_mut(sql).map(|(stmt, used)| {
-            *used = tick;
-            stmt.clone()
+        self.entries.get_mut(sql).map(|cached| {
+            cached.used = tick;
+            (cached.stmt.clone(), cached.opens_transaction)
         })
     }
 
-    fn insert(&mut self, sql: &str, stmt: Statement) {
+    fn insert(&mut self, sql: &str, stmt: Statement, opens_transaction: bool) {
         if self.capacity == 0 {
             return;
         }
@@ -213,14 +224,19 @@ impl StatementCache {
             if let Some(oldest) = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, cached)| cached.used)
                 .map(|(k, _)| k.clone())
             {
                 self.entries.remove(&oldest);
             }
         }
         self.tick += 1;
-        self.entries.insert(sql.to_string(), (stmt, self.tick));
+        let cached = Cached {
+            stmt,
+            opens_transaction,
+            used: self.tick,
+        };
+        self.entries.insert(sql.to_string(), cached);
     }
 
     fn remove(&mut self, sql: &str) {
@@ -532,19 +548,23 @@ impl Connection {
         }
     }
 
-    pub(crate) async fn prepare_cached(&self, sql: &str) -> Result<Statement, Failure> {
+    /// The statement prepared for `sql` on this connection, from the cache or prepared now,
+    /// and whether it may open a transaction ([`sql::may_open_transaction`], looked at once
+    /// per statement and connection rather than before every use).
+    pub(crate) async fn prepare_cached(&self, sql: &str) -> Result<(Statement, bool), Failure> {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
-        if let Some(stmt) = self.cache().get(sql) {
-            return Ok(stmt);
+        if let Some(cached) = self.cache().get(sql) {
+            return Ok(cached);
         }
         // Preparing has no side effects: a failure here leaves nothing half-done, so the
         // statement itself counts as not sent.
         match tracked!(&self.broken, self.client.prepare(sql)) {
             Ok(stmt) => {
-                self.cache().insert(sql, stmt.clone());
-                Ok(stmt)
+                let opens_transaction = sql::may_open_transaction(sql);
+                self.cache().insert(sql, stmt.clone(), opens_transaction);
+                Ok((stmt, opens_transaction))
             }
             Err(err) => {
                 self.note(&err);
@@ -561,13 +581,16 @@ impl Connection {
         params: &[&(dyn ToSql + Sync)],
         in_transaction: bool,
     ) -> Result<Vec<Row>, Failure> {
-        if !in_transaction && sql::may_open_transaction(sql) {
-            self.set_dirty(true);
-        }
         if self.config.unnamed_statements {
+            if !in_transaction && sql::may_open_transaction(sql) {
+                self.set_dirty(true);
+            }
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
-        let stmt = self.prepare_cached(sql).await?;
+        let (stmt, opens_transaction) = self.prepare_cached(sql).await?;
+        if opens_transaction && !in_transaction {
+            self.set_dirty(true);
+        }
         match tracked!(&self.broken, self.client.query(&stmt, params)) {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
@@ -575,7 +598,7 @@ impl Connection {
                 if in_transaction {
                     return Err(Failure::sent(Error::PlanInvalidated(err)));
                 }
-                let stmt = self.prepare_cached(sql).await?;
+                let (stmt, _) = self.prepare_cached(sql).await?;
                 tracked!(&self.broken, self.client.query(&stmt, params)).map_err(|err| {
                     self.note(&err);
                     Failure::sent(err)
@@ -594,18 +617,21 @@ impl Connection {
         params: &[&(dyn ToSql + Sync)],
         in_transaction: bool,
     ) -> Result<u64, Failure> {
-        if !in_transaction && sql::may_open_transaction(sql) {
-            self.set_dirty(true);
-        }
         if self.config.unnamed_statements {
+            if !in_transaction && sql::may_open_transaction(sql) {
+                self.set_dirty(true);
+            }
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
-        let stmt = self.prepare_cached(sql).await?;
+        let (stmt, opens_transaction) = self.prepare_cached(sql).await?;
+        if opens_transaction && !in_transaction {
+            self.set_dirty(true);
+        }
         match tracked!(&self.broken, self.client.execute(&stmt, params)) {
             Ok(n) => Ok(n),
             Err(err) if is_plan_invalidated(&err) && !in_transaction => {
                 self.cache().remove(sql);
-                let stmt = self.prepare_cached(sql).await?;
+                let (stmt, _) = self.prepare_cached(sql).await?;
                 tracked!(&self.broken, self.client.execute(&stmt, params)).map_err(|err| {
                     self.note(&err);
                     Failure::sent(err)
@@ -878,10 +904,10 @@ impl Connection {
             let rendered = tracked!(&self.broken, self.client.query_typed(&rendering, &typed));
             (types, rendered)
         } else {
-            let stmt = self.prepare_cached(sql).await?;
+            let (stmt, _) = self.prepare_cached(sql).await?;
             let types: Vec<Type> = stmt.params().to_vec();
             let rendering = render_literals_sql(&types);
-            let render = self.prepare_cached(&rendering).await?;
+            let (render, _) = self.prepare_cached(&rendering).await?;
             let rendered = tracked!(&self.broken, self.client.query(&render, params));
             (types, rendered)
         };

@@ -403,6 +403,27 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+    // The same with `BEGIN` as a prepared statement, twice: the second time it comes from
+    // the connection's statement cache, and still counts as opening a transaction.
+    for round in 0..2 {
+        let mut conn = pool.get().await.unwrap();
+        conn.execute("BEGIN", &[]).await.unwrap();
+        conn.execute(&format!("INSERT INTO {table} VALUES (1)"), &[])
+            .await
+            .unwrap();
+        drop(conn);
+        let n: i64 = pool
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            n,
+            0,
+            "[{}] round {round}: the transaction was left open",
+            rt.name()
+        );
+    }
     // And a failed transaction is not handed out as such either.
     let mut conn = pool.get().await.unwrap();
     conn.batch_execute("BEGIN").await.unwrap();
