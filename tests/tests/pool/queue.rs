@@ -421,20 +421,26 @@ pub(crate) async fn d7_fifo_fairness(rt: Rt) {
     let mut tasks = Vec::new();
     for i in 0..6usize {
         let pool2 = pool.clone();
-        let order = Arc::clone(&order);
+        let seen = Arc::clone(&order);
         let rt2 = rt.clone();
         tasks.push(rt.spawn(async move {
             let conn = pool2.get().await.unwrap();
             let at = started.elapsed();
-            order.lock().unwrap().push(i);
+            seen.lock().unwrap().push(i);
             rt2.sleep(hold(i)).await;
             drop(conn);
             at
         }));
-        // Let each caller queue before the next arrives.
+        // Let each caller queue before the next arrives. The first two are served at once
+        // (the pool has room for them): wait until each has run, or on a multi-thread
+        // runtime the second could record itself first.
         rt.wait_until(Duration::from_secs(2), "caller queued or served", || {
             let s = pool.status();
-            s.waiting + s.in_use == i + 1
+            if i < 2 {
+                order.lock().unwrap().len() == i + 1
+            } else {
+                s.waiting + s.in_use == i + 1
+            }
         })
         .await;
         if i == 3 {
