@@ -978,17 +978,19 @@ impl Connection {
 }
 
 impl Calls<'_> {
-    fn deadline(&self) -> Option<Duration> {
+    /// The call's statement deadline, if it has one, and the moment it started counting:
+    /// now (the clock is read only when there is a deadline).
+    fn started_deadline(&self) -> Option<(Duration, Instant)> {
         self.options
             .timeout
             .or(self.pool.pool.manager().config().statement_timeout)
+            .map(|limit| (limit, Instant::now()))
     }
 
     /// Applies the retry rules (see [`PgPool`]) around `work`, in shared mode when the pool
     /// has lanes and the work allows it, else on a connection of its own.
     async fn run(&self, work: Work<'_>) -> Result<Done, Error> {
-        let deadline = self.deadline();
-        let started = Instant::now();
+        let deadline = self.started_deadline();
         let shared = match &self.pool.lanes {
             Some(lanes) if !self.options.exclusive && work.shareable() => Some(lanes),
             _ => None,
@@ -997,16 +999,12 @@ impl Calls<'_> {
         let mut replayed = false;
         loop {
             let shared_outcome = match shared {
-                Some(lanes) => {
-                    lanes
-                        .perform(&self.pool.pool, &work, deadline.map(|d| (d, started)))
-                        .await
-                }
+                Some(lanes) => lanes.perform(&self.pool.pool, &work, deadline).await,
                 None => None,
             };
             let outcome = match shared_outcome {
                 Some(outcome) => outcome,
-                None => self.run_exclusive(&work, deadline, started).await?,
+                None => self.run_exclusive(&work, deadline).await?,
             };
             match outcome {
                 Ok(done) => return Ok(done),
@@ -1046,11 +1044,10 @@ impl Calls<'_> {
     async fn run_exclusive(
         &self,
         work: &Work<'_>,
-        deadline: Option<Duration>,
-        started: Instant,
+        deadline: Option<(Duration, Instant)>,
     ) -> Result<Result<Done, Failure>, Error> {
-        let conn = self.get_within(deadline, started).await?;
-        let Some(limit) = deadline else {
+        let conn = self.get_within(deadline).await?;
+        let Some((limit, started)) = deadline else {
             return Ok(conn.perform(work).await);
         };
         let remaining = limit.saturating_sub(started.elapsed());
@@ -1072,16 +1069,17 @@ impl Calls<'_> {
         }
     }
 
+    /// A connection of its own, within what is left of `deadline` (the limit and when the
+    /// call started) if there is one.
     async fn get_within(
         &self,
-        deadline: Option<Duration>,
-        started: Instant,
+        deadline: Option<(Duration, Instant)>,
     ) -> Result<Pooled<PgManager>, Error> {
         let lanes = self.pool.lanes.as_ref();
         let _claim = lanes.and_then(|lanes| lanes.make_room(&self.pool.pool));
         let conn = match deadline {
             None => self.pool.pool.get().await?,
-            Some(limit) => {
+            Some((limit, started)) => {
                 let remaining = limit.saturating_sub(started.elapsed());
                 let wait = self
                     .pool
@@ -1374,17 +1372,16 @@ impl Calls<'_> {
     where
         F: for<'c> FnMut(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
-        let deadline = self.deadline();
-        let started = Instant::now();
+        let deadline = self.started_deadline();
         let mut unsent_retries = 0;
         let mut replayed = false;
         loop {
-            let mut conn = self.get_within(deadline, started).await?;
+            let mut conn = self.get_within(deadline).await?;
             let outcome = {
                 let attempt = conn.try_transaction(|tx| f(tx));
                 match deadline {
                     None => attempt.await,
-                    Some(limit) => {
+                    Some((limit, started)) => {
                         let remaining = limit.saturating_sub(started.elapsed());
                         let sleep = self.pool.pool.runtime().sleep(remaining);
                         match futures::future::select(Box::pin(attempt), sleep).await {
