@@ -5,10 +5,12 @@
 
 mod api;
 mod faults;
+mod promises;
 mod shared;
 
 use api::*;
 use faults::*;
+use promises::*;
 use shared::*;
 
 use momopool_pg::{PgConfig, PgPool};
@@ -76,4 +78,12 @@ momopool_tests::matrix!(
     shared_mode_full_lanes_make_callers_wait_for_room,
     shared_mode_wait_for_room_keeps_the_deadline,
     shared_mode_prefers_a_lane_with_nothing_in_flight,
+    pool_wide_statement_timeout_cancels_on_the_server,
+    statement_cache_is_bounded_least_recently_used_first,
+    checkout_sends_nothing_by_default,
+    recycling_methods_send_what_they_say,
+    unix_domain_socket,
+    idempotent_transaction_is_replayed_once,
+    driver_task_ends_with_the_connection,
+    server_gone_error_revalidates_idle_connections,
 );

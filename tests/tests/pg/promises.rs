@@ -1,0 +1,365 @@
+//! Settings and promises that need a server to observe: the pool-wide statement deadline, the
+//! statement cache's bound, what each recycling method sends, Unix-domain sockets, replay of
+//! an idempotent transaction, the driver task's end, and revalidation after a server-gone
+//! error.
+
+use crate::{EPSILON, pool_for, unique};
+use momopool::Validation;
+use momopool_pg::{CallOptions, Connection, Error, PgConfig, PgPool, Recycling};
+use momopool_tests::{Rt, pg};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The last statement the backend of the connection named `app` received, read from another
+/// connection: `pg_stat_activity.query` keeps it while the backend is idle.
+async fn last_statement(admin: &PgPool, app: &str) -> String {
+    admin
+        .query_one(
+            "SELECT query FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn admin_pool(rt: &Rt, app: &str) -> PgPool {
+    let server = pg::shared();
+    pool_for(rt, server.config(&format!("{app}_admin")), |b| {
+        b.max_size(1)
+    })
+    .await
+}
+
+/// `PgConfig::statement_timeout` applies to every call through the pool, with no per-call
+/// option: the caller is freed at the deadline and the server stops the statement.
+pub(crate) async fn pool_wide_statement_timeout_cancels_on_the_server(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "pool_deadline");
+    let config = server
+        .config(&app)
+        .statement_timeout(Duration::from_millis(300));
+    let pool = pool_for(&rt, config, |b| b.max_size(2)).await;
+    let started = Instant::now();
+    let err = pool.execute("SELECT pg_sleep(10)", &[]).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::StatementTimeout { .. }), "{err:?}");
+    assert!(
+        took < Duration::from_millis(300) + EPSILON,
+        "[{}] took {took:?}",
+        rt.name()
+    );
+    let admin = admin_pool(&rt, &app).await;
+    let mut running = 1;
+    for _ in 0..100 {
+        running = admin
+            .query_one(
+                "SELECT count(*)::int FROM pg_stat_activity \
+                 WHERE application_name = $1 AND state = 'active'",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, i32>(0);
+        if running == 0 {
+            break;
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running, 0, "the cancel request stopped the statement");
+    // A per-call timeout overrides the pool-wide one.
+    let slept = pool
+        .with(CallOptions::new().timeout(Duration::from_secs(5)))
+        .execute("SELECT pg_sleep(0.5)", &[])
+        .await;
+    assert!(slept.is_ok(), "{slept:?}");
+}
+
+/// The statement cache holds at most its capacity and closes the least recently used
+/// statement first.
+pub(crate) async fn statement_cache_is_bounded_least_recently_used_first(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "stmt_cache");
+    let config = server.config(&app).statement_cache(3);
+    let pool = pool_for(&rt, config, |b| b.min_size(1).max_size(1)).await;
+    let mut conn = pool.get().await.unwrap();
+    for sql in [
+        "SELECT 1 AS a",
+        "SELECT 2 AS b",
+        "SELECT 1 AS a",
+        "SELECT 3 AS c",
+    ] {
+        conn.query(sql, &[]).await.unwrap();
+    }
+    // Cached now: a, b, c, with b the least recently used. Listing the server's prepared
+    // statements needs a fourth: b is closed to make room (first-in-first-out would close a).
+    let list = "SELECT statement FROM pg_prepared_statements";
+    conn.query(list, &[]).await.unwrap();
+    // Asked again (a cache hit), after the close of b has reached the server.
+    let mut names: Vec<String> = conn
+        .query(list, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["SELECT 1 AS a", "SELECT 3 AS c", list],
+        "[{}] prepared on the server",
+        rt.name()
+    );
+}
+
+/// By default a checkout sends nothing to the server: no check for a connection idle under
+/// the validation threshold (the `Verified` round trip comes only after it).
+pub(crate) async fn checkout_sends_nothing_by_default(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "no_round_trip");
+    let pool = pool_for(&rt, server.config(&app), |b| b.min_size(1).max_size(1)).await;
+    let admin = admin_pool(&rt, &app).await;
+    pool.execute("SELECT 'marker'", &[]).await.unwrap();
+    let checks = pool.inner().statistics().checks;
+    for _ in 0..20 {
+        drop(pool.get().await.unwrap());
+    }
+    assert_eq!(pool.inner().statistics().checks, checks, "no check was due");
+    assert_eq!(last_statement(&admin, &app).await, "SELECT 'marker'");
+    // Past the threshold (500 ms) the connection is verified with an empty query.
+    rt.sleep(Duration::from_millis(700)).await;
+    drop(pool.get().await.unwrap());
+    assert_eq!(pool.inner().statistics().checks, checks + 1);
+    assert_eq!(last_statement(&admin, &app).await, "");
+}
+
+/// What each recycling method sends when the pool checks a connection (here on every
+/// checkout): `Fast` nothing, `Verified` an empty query, `Custom` its SQL; and a connection
+/// returned inside a transaction is rolled back whatever the method.
+pub(crate) async fn recycling_methods_send_what_they_say(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "recycling");
+    let methods = [
+        (Recycling::Fast, "SELECT 'marker'"),
+        (Recycling::Verified, ""),
+        (
+            Recycling::Custom("SELECT 'custom recycling'".into()),
+            "SELECT 'custom recycling'",
+        ),
+    ];
+    let setup = admin_pool(&rt, &table).await;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+        ))
+        .await
+        .unwrap();
+    for (i, (recycling, expected)) in methods.into_iter().enumerate() {
+        let app = format!("{table}_{i}");
+        let config = server.config(&app).recycling(recycling.clone());
+        let pool = pool_for(&rt, config, |b| {
+            b.min_size(1).max_size(1).validation(Validation::Always)
+        })
+        .await;
+        pool.execute("SELECT 'marker'", &[]).await.unwrap();
+        drop(pool.get().await.unwrap());
+        assert_eq!(
+            last_statement(&setup, &app).await,
+            expected,
+            "[{}] {recycling:?}",
+            rt.name()
+        );
+        // Returned inside a transaction: rolled back first.
+        let mut conn = pool.get().await.unwrap();
+        conn.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+            .await
+            .unwrap();
+        drop(conn);
+        let n: i64 = pool
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "[{}] {recycling:?}: rolled back", rt.name());
+    }
+}
+
+/// A pool and a standalone connection over the server's Unix-domain socket.
+pub(crate) async fn unix_domain_socket(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "unix");
+    let admin = admin_pool(&rt, &app).await;
+    // Ask the server where its socket is, so this works on any local server.
+    let dirs: String = admin
+        .query_one("SHOW unix_socket_directories", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dir = dirs.split(',').next().unwrap_or_default().trim().to_owned();
+    assert!(
+        dir.starts_with('/'),
+        "the test server has no socket directory this test can use: {dirs:?}"
+    );
+    let port: String = admin.query_one("SHOW port", &[]).await.unwrap().get(0);
+    let url: tokio_postgres::Config = server.url().parse().unwrap();
+    let user = url.get_user().unwrap_or("postgres");
+    let dbname = url.get_dbname().unwrap_or("postgres");
+    let dsn = format!("host={dir} port={port} user={user} dbname={dbname} application_name={app}");
+    let mut config = PgConfig::from_dsn(&dsn).unwrap();
+    if let Some(password) = url.get_password() {
+        config = config.password(password);
+    }
+
+    let mut conn = Connection::connect_with(config.clone(), rt.pg_runtime())
+        .await
+        .unwrap();
+    // A Unix-socket client has no address.
+    let addr: Option<String> = conn
+        .query_one("SELECT inet_client_addr()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(addr, None, "connected over the Unix-domain socket");
+    drop(conn);
+
+    let pool = pool_for(&rt, config, |b| b.max_size(2)).await;
+    let (a, b) = futures::join!(
+        pool.query_one("SELECT inet_client_addr()::text", &[]),
+        pool.query_one("SELECT 2", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, Option<String>>(0), None);
+    assert_eq!(b.unwrap().get::<_, i32>(0), 2);
+}
+
+/// A transaction closure marked idempotent is replayed once on a fresh connection when its
+/// connection is lost mid-way; unmarked, the caller hears that the outcome is unknown.
+pub(crate) async fn idempotent_transaction_is_replayed_once(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "idem_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    for idempotent in [false, true] {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let options = if idempotent {
+            CallOptions::new().idempotent()
+        } else {
+            CallOptions::new()
+        };
+        let insert = format!("INSERT INTO {table} VALUES (1)");
+        let result = pool
+            .with(options)
+            .transaction_with(|tx| {
+                let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+                let insert = insert.clone();
+                Box::pin(async move {
+                    tx.execute(&insert, &[]).await?;
+                    if attempt == 0 {
+                        // The server ends this session mid-transaction.
+                        tx.execute("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        let n: i64 = pool
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        if idempotent {
+            assert!(result.is_ok(), "[{}] {result:?}", rt.name());
+            assert_eq!(attempts.load(Ordering::SeqCst), 2);
+            assert_eq!(n, 1, "the replay committed once");
+        } else {
+            let err = result.unwrap_err();
+            assert!(err.is_outcome_unknown(), "[{}] {err:?}", rt.name());
+            assert_eq!(attempts.load(Ordering::SeqCst), 1, "not replayed");
+            assert_eq!(n, 0, "the lost transaction did not commit");
+        }
+    }
+}
+
+/// The task driving a standalone connection ends when the connection is dropped.
+pub(crate) async fn driver_task_ends_with_the_connection(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "driver_task");
+    let mut conn = Connection::connect_with(server.config(&app), rt.pg_runtime())
+        .await
+        .unwrap();
+    conn.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(rt.live_tasks(), 1, "one task drives the connection");
+    drop(conn);
+    rt.wait_until(Duration::from_secs(5), "the driver task ends", || {
+        rt.live_tasks() == 0
+    })
+    .await;
+    let admin = admin_pool(&rt, &app).await;
+    let mut left = 1;
+    for _ in 0..100 {
+        left = admin
+            .query_one(
+                "SELECT count(*)::int FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, i32>(0);
+        if left == 0 {
+            break;
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "the server session ended too");
+}
+
+/// After a statement fails because the server went away, the pool checks its other idle
+/// connections before handing them out, even those idle for less than the validation
+/// threshold.
+pub(crate) async fn server_gone_error_revalidates_idle_connections(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "revalidate");
+    let pool = pool_for(&rt, server.config(&app), |b| {
+        b.min_size(3).max_size(3).validation(Validation::Never)
+    })
+    .await;
+    pool.inner().warm_up().await.unwrap();
+    let revalidations = pool.inner().statistics().revalidations;
+    let checks = pool.inner().statistics().checks;
+    let mut victim = pool.get().await.unwrap();
+    let err = victim
+        .query("SELECT pg_terminate_backend(pg_backend_pid())", &[])
+        .await
+        .unwrap_err();
+    assert!(err.is_connection_lost(), "[{}] {err:?}", rt.name());
+    drop(victim);
+    assert_eq!(
+        pool.inner().statistics().revalidations,
+        revalidations + 1,
+        "a server-gone error revalidates the pool"
+    );
+    // The two other connections were idle for milliseconds and validation is off: each is
+    // checked anyway. The third is the replacement of the victim, new and not checked.
+    let mut a = pool.get().await.unwrap();
+    let mut b = pool.get().await.unwrap();
+    let mut c = pool.get().await.unwrap();
+    assert_eq!(
+        pool.inner().statistics().checks,
+        checks + 2,
+        "[{}]",
+        rt.name()
+    );
+    let (x, y, z) = futures::join!(
+        a.query_one("SELECT 1", &[]),
+        b.query_one("SELECT 2", &[]),
+        c.query_one("SELECT 3", &[]),
+    );
+    let sum =
+        x.unwrap().get::<_, i32>(0) + y.unwrap().get::<_, i32>(0) + z.unwrap().get::<_, i32>(0);
+    assert_eq!(sum, 6);
+}
