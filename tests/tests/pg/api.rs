@@ -6,7 +6,7 @@ use momopool::Removal;
 use momopool_pg::{Connection, Error, Recycling};
 use momopool_tests::{Rt, pg};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Momoko's tutorial, step by step: a connection, a pool, parallel queries, callproc,
 /// transaction, mogrify, and a held connection with a server-side cursor.
@@ -270,7 +270,22 @@ pub(crate) async fn mogrify_renders_literals(rt: Rt) {
         )
         .await;
     // $7 is declared timestamptz but given as text: tokio-postgres refuses the mismatch.
-    assert!(text.is_err());
+    let err = text.unwrap_err();
+    assert!(matches!(err, Error::Postgres(_)), "{err:?}");
+
+    // Timestamps, to the microsecond, with and without a time zone.
+    let when = SystemTime::UNIX_EPOCH + Duration::from_micros(1_704_164_645_123_456);
+    let text = pool
+        .mogrify("SELECT $1::timestamptz, $2::timestamp", &[&when, &when])
+        .await
+        .unwrap();
+    assert!(
+        text.contains("2024-01-02") && text.contains(".123456"),
+        "{text}"
+    );
+    let row = pool.query_one(&text, &[]).await.unwrap();
+    assert_eq!(row.get::<_, SystemTime>(0), when, "{text}");
+    assert_eq!(row.get::<_, SystemTime>(1), when, "{text}");
 
     let text = pool
         .mogrify(

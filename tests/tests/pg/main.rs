@@ -86,4 +86,5 @@ momopool_tests::matrix!(
     idempotent_transaction_is_replayed_once,
     driver_task_ends_with_the_connection,
     server_gone_error_revalidates_idle_connections,
+    get_pinged_pings_the_server,
 );

@@ -363,3 +363,17 @@ pub(crate) async fn server_gone_error_revalidates_idle_connections(rt: Rt) {
         x.unwrap().get::<_, i32>(0) + y.unwrap().get::<_, i32>(0) + z.unwrap().get::<_, i32>(0);
     assert_eq!(sum, 6);
 }
+
+/// `get_pinged` sends an empty query before handing the connection out, even when no check
+/// is due; `get` does not.
+pub(crate) async fn get_pinged_pings_the_server(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "pinged");
+    let pool = pool_for(&rt, server.config(&app), |b| b.min_size(1).max_size(1)).await;
+    let admin = admin_pool(&rt, &app).await;
+    pool.execute("SELECT 'marker'", &[]).await.unwrap();
+    drop(pool.get().await.unwrap());
+    assert_eq!(last_statement(&admin, &app).await, "SELECT 'marker'");
+    drop(pool.get_pinged().await.unwrap());
+    assert_eq!(last_statement(&admin, &app).await, "", "[{}]", rt.name());
+}
