@@ -439,12 +439,29 @@ fn find_program(name: &str) -> Option<PathBuf> {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     password_users: Vec<(String, String)>,
     bindir: Option<PathBuf>,
     ssl: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ClusterBuilder {
+    // Role names but not their passwords; whether TLS is set up but not the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users: Vec<&str> = self
+            .password_users
+            .iter()
+            .map(|(u, _)| u.as_str())
+            .collect();
+        f.debug_struct("ClusterBuilder")
+            .field("settings", &self.settings)
+            .field("password_users", &users)
+            .field("bindir", &self.bindir)
+            .field("ssl", &self.ssl.is_some())
+            .finish()
+    }
 }
 
 impl ClusterBuilder {

@@ -519,3 +519,14 @@ fn watchdog_cleans_up_after_the_process_exits() {
         process_alive(pid)
     );
 }
+
+#[test]
+fn builder_debug_leaves_secrets_out() {
+    let builder = Cluster::builder()
+        .password_user("app", "s3cret-password")
+        .ssl("CERT PEM", "PRIVATE KEY PEM");
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("app"), "{shown}");
+    assert!(!shown.contains("s3cret-password"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY PEM"), "{shown}");
+}

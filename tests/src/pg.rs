@@ -14,10 +14,20 @@ use momopool_pg::throwaway::Cluster;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// A PostgreSQL server for tests.
-#[derive(Debug)]
 pub struct Server {
     url: String,
     cluster: Option<Cluster>,
+}
+
+impl std::fmt::Debug for Server {
+    // The URL may come from `DATABASE_URL` with a password in it: show the parsed
+    // configuration, whose `Debug` leaves the password out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &PgConfig::from_dsn(&self.url).ok())
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 /// The role with a password on throwaway clusters (scram-sha-256 over TCP).
