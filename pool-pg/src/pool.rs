@@ -739,6 +739,14 @@ impl PgPool {
     /// The first failing statement's error (everything is rolled back), or
     /// [`Error::OutcomeUnknown`] when the connection was lost during `COMMIT`.
     ///
+    /// # Retries
+    ///
+    /// A connection lost before `COMMIT` was sent leaves nothing committed: the server rolls
+    /// back a transaction whose session ends. The whole list then runs again from `BEGIN` on
+    /// a fresh connection (up to three times), with no error reaching the caller. Effects that
+    /// ignore transactions, such as `nextval`, happen once per run. A connection lost during
+    /// `COMMIT` is never replayed.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future rolls the transaction back.

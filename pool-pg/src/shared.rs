@@ -57,9 +57,18 @@ use std::time::{Duration, Instant};
 /// Retry rules are the same as in exclusive mode. A deadline frees the caller on time; a
 /// cancel request is sent only when the timed-out statement is the one the server is running
 /// (the oldest on its lane), because a cancel hits whatever runs, and the lane stops taking
-/// work so its connection is checked before reuse. A statement that timed out while queued
-/// behind another has already been sent and may still run: the caller gets
-/// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown) unless it was marked idempotent.
+/// work so its connection is discarded once its requests are answered. A statement that
+/// timed out while queued behind another has already been sent and may still run: the caller
+/// gets [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown), and it is not replayed, even
+/// when marked idempotent (its deadline has passed).
+///
+/// One race remains, documented rather than hidden: the cancel request travels on a socket of
+/// its own, so when the timed-out statement finishes just before the cancel reaches the
+/// server, the server cancels the next statement pipelined on that connection, another
+/// caller's. That caller gets SQLSTATE 57014 (`query_canceled`), an error with a known
+/// outcome: the statement did not take effect. Calls that cannot accept it, or pools whose
+/// deadlines are short next to their statements' run times, use the exclusive mode, where a
+/// connection serves one caller at a time and a cancel can only hit that caller's statement.
 ///
 /// # Examples
 ///

@@ -87,4 +87,5 @@ momopool_tests::matrix!(
     driver_task_ends_with_the_connection,
     server_gone_error_revalidates_idle_connections,
     get_pinged_pings_the_server,
+    statement_list_lost_before_commit_runs_again,
 );

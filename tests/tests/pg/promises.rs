@@ -377,3 +377,41 @@ pub(crate) async fn get_pinged_pings_the_server(rt: Rt) {
     drop(pool.get_pinged().await.unwrap());
     assert_eq!(last_statement(&admin, &app).await, "", "[{}]", rt.name());
 }
+
+/// A statement-list transaction whose connection is lost before `COMMIT` runs again from
+/// `BEGIN` on a fresh connection: nothing had been committed, and the caller sees no error.
+pub(crate) async fn statement_list_lost_before_commit_runs_again(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "list_replay");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int); \
+         DROP SEQUENCE IF EXISTS {table}_runs; CREATE SEQUENCE {table}_runs"
+    ))
+    .await
+    .unwrap();
+    // A sequence ignores transactions: the first run ends its own session, the second not.
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let first_run_dies = format!(
+        "SELECT CASE WHEN nextval('{table}_runs') = 1 \
+         THEN pg_terminate_backend(pg_backend_pid()) END"
+    );
+    let count = format!("SELECT count(*) FROM {table}");
+    let results = pool
+        .transaction(&[(&insert, &[]), (&first_run_dies, &[]), (&count, &[])])
+        .await
+        .unwrap_or_else(|e| panic!("[{}] {e:?}", rt.name()));
+    assert_eq!(
+        results[2][0].get::<_, i64>(0),
+        1,
+        "the second run saw one row"
+    );
+    let n: i64 = pool.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "committed once");
+    let runs: i64 = pool
+        .query_one(&format!("SELECT last_value FROM {table}_runs"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 2, "ran twice");
+}
