@@ -78,6 +78,7 @@ momopool_tests::matrix!(
     shared_mode_full_lanes_make_callers_wait_for_room,
     shared_mode_wait_for_room_keeps_the_deadline,
     shared_mode_prefers_a_lane_with_nothing_in_flight,
+    shared_mode_connection_loss_follows_the_retry_rules,
     pool_wide_statement_timeout_cancels_on_the_server,
     statement_cache_is_bounded_least_recently_used_first,
     checkout_sends_nothing_by_default,

@@ -418,3 +418,110 @@ pub(crate) async fn shared_mode_prefers_a_lane_with_nothing_in_flight(rt: Rt) {
         task.await.unwrap();
     }
 }
+
+/// The backend of the first connection whose statement text starts with `query` and that is
+/// running it, polled from `admin`.
+async fn active_backend(rt: &Rt, admin: &PgPool, app: &str, query: &str) -> i32 {
+    for _ in 0..250 {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+                 AND state = 'active' AND query = $2",
+                &[&app, &query],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    panic!("[{}] {query:?} never showed as running", rt.name());
+}
+
+/// The retry rules hold in shared mode when a lane's connection dies: a statement cut off
+/// mid-way has an unknown outcome (unless idempotent: then it is replayed once), and one
+/// sent after the connection died is retried on a fresh one with no error.
+pub(crate) async fn shared_mode_connection_loss_follows_the_retry_rules(rt: Rt) {
+    let app = unique(&rt, "shared_loss");
+    let pool = pool_owned_by_lanes(&rt, &app, 1, 8).await;
+    let admin = PgPool::builder(pg::shared().config(&format!("{app}_admin")))
+        .shared_runtime(rt.pg_runtime())
+        .max_size(1)
+        .build()
+        .unwrap();
+    let terminate = |pid: i32| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        }
+    };
+
+    // Cut off mid-statement: outcome unknown, with the server's reason.
+    let sleeper = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.execute("SELECT pg_sleep(5)", &[]).await.map(drop) })
+    };
+    let pid = active_backend(&rt, &admin, &app, "SELECT pg_sleep(5)").await;
+    terminate(pid).await;
+    let err = sleeper.await.unwrap_err();
+    let Error::OutcomeUnknown(inner) = &err else {
+        panic!("[{}] expected an unknown outcome, got {err:?}", rt.name());
+    };
+    assert_eq!(inner.code().map(|c| c.code()), Some("57P01"), "{err}");
+
+    // The lane takes a new connection: parallel calls succeed.
+    let pids = futures::future::try_join_all(
+        (0..4).map(|_| pool.query_one("SELECT pg_backend_pid()", &[])),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{}] after the loss: {e:?}", rt.name()));
+    let lane_pid: i32 = pids[0].get(0);
+    assert_ne!(lane_pid, pid);
+
+    // The lane's idle connection dies: the next calls go to a fresh one, with no error.
+    terminate(lane_pid).await;
+    for _ in 0..250 {
+        let gone = admin
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1",
+                &[&lane_pid],
+            )
+            .await
+            .unwrap()
+            .is_none();
+        if gone {
+            break;
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+    let pids = futures::future::try_join_all(
+        (0..4).map(|_| pool.query_one("SELECT pg_backend_pid()", &[])),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{}] a dead idle lane reached a caller: {e:?}", rt.name()));
+    let next_pid: i32 = pids[0].get(0);
+    assert_ne!(next_pid, lane_pid);
+
+    // Marked idempotent, a statement cut off mid-way is replayed once.
+    let replayed = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            pool.with(CallOptions::new().idempotent())
+                .query_one("SELECT 7 FROM pg_sleep(1)", &[])
+                .await
+                .map(|row| row.get::<_, i32>(0))
+        })
+    };
+    let pid = active_backend(&rt, &admin, &app, "SELECT 7 FROM pg_sleep(1)").await;
+    terminate(pid).await;
+    let seven = replayed
+        .await
+        .unwrap_or_else(|e| panic!("[{}] not replayed: {e:?}", rt.name()));
+    assert_eq!(seven, 7);
+    let status = pool.inner().status();
+    assert_eq!(status.size, status.idle + status.in_use + status.creating);
+}
