@@ -6,6 +6,21 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::config::{Host, TargetSessionAttrs};
 
+/// How long a standalone connect may take in all when no per-host connect timeout is set.
+const STANDALONE_CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The per-host connect timeout, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectTimeout {
+    /// Not set here: tokio-postgres's own `connect_timeout` (a DSN's `connect_timeout=`) if it
+    /// has one, else no per-host limit.
+    Unset,
+    /// Each host may take this long.
+    PerHost(Duration),
+    /// Explicitly no limit: not per host, not for a standalone connect.
+    Never,
+}
+
 /// How a connection is made ready for its next user when the pool checks it.
 ///
 /// A connection returned inside a transaction (or in an unknown state after raw use of the
@@ -56,7 +71,7 @@ pub struct PgConfig {
     pub(crate) statement_cache: usize,
     pub(crate) unnamed_statements: bool,
     pub(crate) statement_timeout: Option<Duration>,
-    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) connect_timeout: ConnectTimeout,
     #[cfg(feature = "tls-rustls")]
     pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -103,7 +118,7 @@ impl PgConfig {
             statement_cache: 256,
             unnamed_statements: false,
             statement_timeout: None,
-            connect_timeout: Some(Duration::from_secs(10)),
+            connect_timeout: ConnectTimeout::Unset,
             #[cfg(feature = "tls-rustls")]
             tls: None,
         }
@@ -119,8 +134,9 @@ impl PgConfig {
 
     /// Parses a DSN: a URL (`postgresql://user:password@host:port/dbname?option=value`) or
     /// `key=value` pairs (`host=localhost user=app dbname=shop`). Several hosts may be
-    /// given (`host=a,b`); they are tried in order. Without a user, the `USER` environment
-    /// variable (or `postgres`) is used.
+    /// given (`host=a,b`); they are tried in order, each within `connect_timeout=` seconds
+    /// when it is set (see [`connect_timeout`](PgConfig::connect_timeout)). Without a user,
+    /// the `USER` environment variable (or `postgres`) is used.
     ///
     /// # Errors
     ///
@@ -220,7 +236,10 @@ impl PgConfig {
                     "PGCONNECT_TIMEOUT: `{secs}` is not a number of seconds"
                 ))
             })?;
-            config.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            config.connect_timeout = match secs {
+                0 => ConnectTimeout::Never,
+                secs => ConnectTimeout::PerHost(Duration::from_secs(secs)),
+            };
         }
         if let Some(attrs) = lookup("PGTARGETSESSIONATTRS") {
             let attrs = match attrs.trim() {
@@ -335,19 +354,51 @@ impl PgConfig {
         self
     }
 
-    /// The deadline of a standalone [`Connection::connect`](crate::Connection::connect) (the
-    /// pool uses its own create timeout). Covers TCP, TLS, startup and authentication.
+    /// How long each host may take to accept a connection, as libpq's `connect_timeout`:
+    /// TCP, TLS, startup, authentication and the session statements. A host that does not
+    /// make it in time fails with [`Error::ConnectTimeout`] (inside [`Error::Connect`]) and
+    /// the next host is tried. It overrides a DSN's `connect_timeout=` and `PGCONNECT_TIMEOUT`.
+    ///
+    /// Without one (the default), a pool gives each host but the last an equal share of what
+    /// is left of its create timeout, and a standalone
+    /// [`Connection::connect`](crate::Connection::connect) does the same within 10 s in all.
+    /// `None` sets no limit per host, and none for a standalone connect; a pool's create
+    /// timeout still applies, and is still shared between the hosts.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
-    /// let config = momopool_pg::PgConfig::default().connect_timeout(Duration::from_secs(3));
+    /// let config = momopool_pg::PgConfig::from_dsn("host=primary,standby user=app")
+    ///     .unwrap()
+    ///     .connect_timeout(Duration::from_secs(3)); // each host gets 3 s
     /// # drop(config);
     /// ```
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.connect_timeout = timeout.into();
+        self.connect_timeout = match timeout.into() {
+            Some(limit) => ConnectTimeout::PerHost(limit),
+            None => ConnectTimeout::Never,
+        };
         self
+    }
+
+    /// The limit each host gets, if one is configured.
+    pub(crate) fn per_host_timeout(&self) -> Option<Duration> {
+        match self.connect_timeout {
+            ConnectTimeout::Unset => self.pg.get_connect_timeout().copied(),
+            ConnectTimeout::PerHost(limit) => Some(limit),
+            ConnectTimeout::Never => None,
+        }
+    }
+
+    /// How long a standalone connect may take in all, over every host.
+    pub(crate) fn standalone_limit(&self) -> Option<Duration> {
+        match self.connect_timeout {
+            ConnectTimeout::Unset if self.per_host_timeout().is_none() => {
+                Some(STANDALONE_CONNECT_LIMIT)
+            }
+            _ => None,
+        }
     }
 
     /// Uses TLS, trusting the certificates in `pem` (one or more PEM `CERTIFICATE` blocks) as
@@ -567,6 +618,63 @@ mod tests {
     fn env_rejects_bad_values() {
         let err = PgConfig::from_vars(|name| (name == "PGPORT").then(|| "x".into())).unwrap_err();
         assert!(err.to_string().contains("PGPORT"));
+    }
+
+    #[test]
+    fn dsn_connect_timeout_is_per_host() {
+        let secs = Duration::from_secs;
+        let config = PgConfig::from_dsn("host=a,b user=u connect_timeout=7").unwrap();
+        assert_eq!(config.per_host_timeout(), Some(secs(7)));
+        assert_eq!(
+            config.standalone_limit(),
+            None,
+            "libpq: no limit over all hosts"
+        );
+        let config = PgConfig::from_dsn("postgresql://u@a,b/db?connect_timeout=2").unwrap();
+        assert_eq!(config.per_host_timeout(), Some(secs(2)));
+
+        // The builder overrides the DSN, either way.
+        let config = PgConfig::from_dsn("host=a connect_timeout=7")
+            .unwrap()
+            .connect_timeout(secs(1));
+        assert_eq!(config.per_host_timeout(), Some(secs(1)));
+        let config = PgConfig::from_dsn("host=a connect_timeout=7")
+            .unwrap()
+            .connect_timeout(None);
+        assert_eq!(config.per_host_timeout(), None);
+        assert_eq!(config.standalone_limit(), None);
+
+        // None at all (0 is none, as in libpq): no per-host limit, 10 s for a standalone
+        // connect.
+        for dsn in ["host=a", "host=a connect_timeout=0"] {
+            let config = PgConfig::from_dsn(dsn).unwrap();
+            assert_eq!(config.per_host_timeout(), None, "{dsn}");
+            assert_eq!(config.standalone_limit(), Some(secs(10)), "{dsn}");
+        }
+        assert!(PgConfig::from_dsn("host=a connect_timeout=soon").is_err());
+    }
+
+    #[test]
+    fn env_connect_timeout_is_per_host() {
+        let with = |value: &'static str| {
+            PgConfig::from_vars(move |name| (name == "PGCONNECT_TIMEOUT").then(|| value.into()))
+        };
+        let config = with("5").unwrap();
+        assert_eq!(config.per_host_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(config.standalone_limit(), None);
+        let config = with("0").unwrap();
+        assert_eq!(config.per_host_timeout(), None);
+        assert_eq!(
+            config.standalone_limit(),
+            None,
+            "0 waits as long as it takes"
+        );
+        assert!(with("soon").is_err());
+        let config = PgConfig::from_vars(|name| {
+            (name == "DATABASE_URL").then(|| "postgresql://u@h/d?connect_timeout=3".into())
+        })
+        .unwrap();
+        assert_eq!(config.per_host_timeout(), Some(Duration::from_secs(3)));
     }
 
     #[test]
