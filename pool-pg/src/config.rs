@@ -4,7 +4,7 @@ use crate::Error;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::config::{Host, TargetSessionAttrs};
+use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
 
 /// How long a standalone connect may take in all when no per-host connect timeout is set.
 const STANDALONE_CONNECT_LIMIT: Duration = Duration::from_secs(10);
@@ -160,12 +160,14 @@ impl PgConfig {
     }
 
     /// Reads the configuration from the environment: `DATABASE_URL` when set, otherwise the
-    /// libpq variables `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
-    /// `PGOPTIONS`, `PGCONNECT_TIMEOUT` and `PGTARGETSESSIONATTRS`.
+    /// libpq variables `PGHOST`, `PGHOSTADDR`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGAPPNAME`, `PGOPTIONS`, `PGCONNECT_TIMEOUT`, `PGSSLMODE` and `PGTARGETSESSIONATTRS`.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when a variable holds an invalid value.
+    /// [`Error::Config`] when a variable holds an invalid value, including a `PGSSLMODE`
+    /// other than `disable`, `prefer` or `require` (the modes tokio-postgres knows), and a
+    /// `PGHOSTADDR` whose count of addresses differs from `PGHOST`'s count of hosts.
     ///
     /// # Examples
     ///
@@ -194,6 +196,10 @@ impl PgConfig {
     /// })
     /// .unwrap();
     /// assert_eq!(config.ports(), &[6432]);
+    ///
+    /// // An sslmode that cannot be honoured is an error, not a silent downgrade.
+    /// let err = PgConfig::from_vars(|name| (name == "PGSSLMODE").then(|| "verify-full".into()));
+    /// assert!(matches!(err, Err(momopool_pg::Error::Config(_))));
     /// ```
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.is_empty()) {
@@ -204,6 +210,20 @@ impl PgConfig {
             for host in hosts.split(',').filter(|h| !h.is_empty()) {
                 pg.host(host);
             }
+        }
+        if let Some(addrs) = lookup("PGHOSTADDR") {
+            for addr in addrs.split(',').filter(|a| !a.is_empty()) {
+                let ip = addr.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                    Error::Config(format!("PGHOSTADDR: `{addr}` is not an IP address"))
+                })?;
+                pg.hostaddr(ip);
+            }
+        }
+        let (hosts, addrs) = (pg.get_hosts().len(), pg.get_hostaddrs().len());
+        if hosts > 0 && addrs > 0 && hosts != addrs {
+            return Err(Error::Config(format!(
+                "PGHOST names {hosts} hosts but PGHOSTADDR {addrs} addresses"
+            )));
         }
         if let Some(ports) = lookup("PGPORT") {
             for port in ports.split(',').filter(|p| !p.is_empty()) {
@@ -240,6 +260,19 @@ impl PgConfig {
                 0 => ConnectTimeout::Never,
                 secs => ConnectTimeout::PerHost(Duration::from_secs(secs)),
             };
+        }
+        if let Some(mode) = lookup("PGSSLMODE") {
+            let mode = match mode.trim() {
+                "disable" => SslMode::Disable,
+                "prefer" => SslMode::Prefer,
+                "require" => SslMode::Require,
+                other => {
+                    return Err(Error::Config(format!(
+                        "PGSSLMODE: `{other}` is not supported (disable, prefer, require)"
+                    )));
+                }
+            };
+            config.pg.ssl_mode(mode);
         }
         if let Some(attrs) = lookup("PGTARGETSESSIONATTRS") {
             let attrs = match attrs.trim() {
@@ -675,6 +708,66 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.per_host_timeout(), Some(Duration::from_secs(3)));
+    }
+
+    /// A lookup over fixed variables.
+    fn vars(pairs: &[(&str, &str)]) -> Result<PgConfig, Error> {
+        PgConfig::from_vars(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn env_sslmode() {
+        assert_eq!(vars(&[]).unwrap().pg.get_ssl_mode(), SslMode::Prefer);
+        for (value, mode) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+        ] {
+            let config = vars(&[("PGSSLMODE", value)]).unwrap();
+            assert_eq!(config.pg.get_ssl_mode(), mode, "{value}");
+        }
+        // Modes tokio-postgres cannot honour are refused rather than weakened.
+        for value in ["allow", "verify-ca", "verify-full", "REQUIRE", ""] {
+            let err = vars(&[("PGSSLMODE", value)]).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{value}: {err:?}");
+            assert!(err.to_string().contains("PGSSLMODE"), "{err}");
+        }
+        // DATABASE_URL wins whole, as for every other variable.
+        let config = vars(&[
+            ("DATABASE_URL", "postgresql://u@h/d?sslmode=disable"),
+            ("PGSSLMODE", "require"),
+        ])
+        .unwrap();
+        assert_eq!(config.pg.get_ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn env_hostaddr() {
+        let config = vars(&[("PGHOSTADDR", "127.0.0.1,::1"), ("PGPORT", "6432")]).unwrap();
+        assert_eq!(
+            config.targets(),
+            [
+                (Target::Addr("127.0.0.1".parse().unwrap()), 6432),
+                (Target::Addr("::1".parse().unwrap()), 6432),
+            ]
+        );
+        // With PGHOST too, the address is what is connected to.
+        let config = vars(&[("PGHOST", "db.internal"), ("PGHOSTADDR", "10.1.2.3")]).unwrap();
+        assert_eq!(
+            config.targets(),
+            [(Target::Addr("10.1.2.3".parse().unwrap()), 5432)]
+        );
+        assert_eq!(config.pg.get_hosts().len(), 1);
+
+        let err = vars(&[("PGHOSTADDR", "db.internal")]).unwrap_err();
+        assert!(err.to_string().contains("PGHOSTADDR"), "{err}");
+        let err = vars(&[("PGHOST", "a,b"), ("PGHOSTADDR", "10.1.2.3")]).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
     }
 
     #[test]
