@@ -560,13 +560,20 @@ impl PgConfig {
         self.pg.get_user()
     }
 
-    /// The tokio-postgres configuration underneath, for settings not mirrored here.
+    /// The tokio-postgres configuration underneath, for settings not mirrored here. Its TCP
+    /// settings (`keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_retries`,
+    /// and `tcp_user_timeout` on Linux) are applied to the TCP sockets the runtime opens, as
+    /// tokio-postgres's own connect would; its `connect_timeout` is the per-host
+    /// [`connect_timeout`](PgConfig::connect_timeout) unless that is set here.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::time::Duration;
+    ///
     /// let mut config = momopool_pg::PgConfig::default();
-    /// config.pg_mut().keepalives(true);
+    /// // Probe an idle connection after a minute of silence rather than tokio-postgres's 2 hours.
+    /// config.pg_mut().keepalives_idle(Duration::from_secs(60));
     /// ```
     pub fn pg_mut(&mut self) -> &mut tokio_postgres::Config {
         &mut self.pg

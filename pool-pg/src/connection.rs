@@ -433,7 +433,7 @@ impl Connection {
                     .into(),
             ));
         }
-        let mut socket = connect_socket(runtime, target, port).await?;
+        let mut socket = open_socket(runtime, target, port, &config.pg).await?;
         let probe = socket.take_probe();
         #[cfg(feature = "tls-rustls")]
         let (client, (driver, stop)) = match &config.tls {
@@ -1613,6 +1613,21 @@ async fn closed_error(client: &Client) -> Error {
         Err(err) => Error::Postgres(err),
         Ok(_) => Error::InvalidInput("connection reported closed".into()),
     }
+}
+
+/// Opens a connection's socket to one target: [`connect_socket`], then, for TCP, `pg`'s TCP
+/// settings (keepalives, `tcp_user_timeout`), as tokio-postgres's own connect applies them.
+async fn open_socket(
+    runtime: &Arc<dyn PgRuntime>,
+    target: &Target,
+    port: u16,
+    pg: &tokio_postgres::Config,
+) -> Result<Socket, Error> {
+    let socket = connect_socket(runtime, target, port).await?;
+    if !matches!(target, Target::Unix(_)) && !socket.apply_tcp_settings(pg)? {
+        tracing::debug!("the runtime gave no socket descriptor: keepalive settings not applied");
+    }
+    Ok(socket)
 }
 
 /// Opens a socket to one target through the runtime.
