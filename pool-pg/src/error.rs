@@ -45,7 +45,8 @@ pub enum Error {
     /// A connect took longer than its limit (TCP, TLS, startup and authentication included):
     /// inside [`Error::Connect`], one host did not answer within its per-host connect timeout
     /// (or its share of the pool's create timeout); on its own, a standalone connect's
-    /// overall limit passed.
+    /// overall limit passed, or the pool's create timeout for the connection of
+    /// [`PgPool::listen`](crate::PgPool::listen).
     #[error("connect timed out after {after:?}")]
     ConnectTimeout {
         /// The limit that passed.

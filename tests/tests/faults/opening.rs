@@ -263,6 +263,47 @@ pub(crate) async fn a3_postmaster_stopped_accepts_but_never_answers(rt: Rt) {
     finish(&rt, &pool, &admin, &app, seen).await;
 }
 
+/// A3 for `PgPool::listen`: its connection, opened outside the pool's count, is bounded by
+/// the pool's create timeout too, and says so.
+pub(crate) async fn a3_listen_on_a_deaf_server_times_out(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "a3_listen");
+    proxy.deaf();
+    let pool = deaf_pool(&rt, via(server, &proxy, &app));
+    let seen = watch(&rt, &pool);
+    let create_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let outcome = within(&rt, Duration::from_secs(5), "listen()", pool.listen("jobs")).await;
+    let took = started.elapsed();
+    let Err(err) = outcome else {
+        panic!("[{}] a deaf server gives no listener", rt.name());
+    };
+    assert!(
+        took >= create_timeout && took < create_timeout + EPSILON,
+        "[{}] listen() failed after {took:?}",
+        rt.name()
+    );
+    assert!(
+        matches!(err, Error::ConnectTimeout { after } if after == create_timeout),
+        "[{}] {err:?}",
+        rt.name()
+    );
+    assert!(err.is_timeout(), "[{}] {err}", rt.name());
+    rt.wait_until(Duration::from_secs(2), "the deaf socket is closed", || {
+        proxy.stats().active == 0
+    })
+    .await;
+
+    proxy.pass();
+    let listener = within(&rt, Duration::from_secs(5), "listen()", pool.listen("jobs"))
+        .await
+        .unwrap_or_else(|e| panic!("[{}] listen() once the server answers: {e}", rt.name()));
+    drop(listener);
+    let admin = admin_for(&rt, server, &app).await;
+    finish(&rt, &pool, &admin, &app, seen).await;
+}
+
 /// Two hosts: `proxy` first, then `server` itself, with `options` added to the DSN.
 fn proxy_then_server(
     server: &pg::Server,
