@@ -411,6 +411,48 @@ pub trait Manager: Send + Sync + 'static {
     fn removed(&self, conn: &mut Self::Connection, reason: Removal) {
         let _ = (conn, reason);
     }
+
+    /// Told the pool's settings once, when the pool is built and before any connection is
+    /// created. A manager whose [`create`](Manager::create) has steps of its own to bound
+    /// learns the create timeout here: momopool-pg shares it between the hosts it tries, so
+    /// that a host that never answers leaves time for the next. It runs inside `build`, on
+    /// the caller's thread: unlike the other methods, a panic here is not contained. The
+    /// default does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use momopool::{Manager, Pool, PoolConfig, ThreadRuntime};
+    /// use std::time::Duration;
+    ///
+    /// #[derive(Debug, Default)]
+    /// struct Budgeted {
+    ///     create_timeout: Option<Duration>,
+    /// }
+    ///
+    /// impl Manager for Budgeted {
+    ///     type Connection = u64;
+    ///     type Error = std::io::Error;
+    ///
+    ///     async fn create(&self) -> Result<u64, std::io::Error> {
+    ///         Ok(1) // a real manager divides `self.create_timeout` between its steps
+    ///     }
+    ///
+    ///     fn configured(&mut self, config: &PoolConfig) {
+    ///         self.create_timeout = config.create_timeout;
+    ///     }
+    /// }
+    ///
+    /// let pool = Pool::builder(Budgeted::default())
+    ///     .create_timeout(Duration::from_secs(3))
+    ///     .runtime(ThreadRuntime)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(pool.manager().create_timeout, Some(Duration::from_secs(3)));
+    /// ```
+    fn configured(&mut self, config: &crate::PoolConfig) {
+        let _ = config;
+    }
 }
 
 /// How the pool should treat a backend error; see [`Manager::classify`].

@@ -1487,7 +1487,9 @@ impl<M: Manager> PoolBuilder<M> {
             .runtime
             .ok_or_else(|| BuildError::new("runtime", "no runtime was given"))?;
         crate::clock::calibrate();
-        let shared = Arc::new(Shared::new(self.manager, runtime, self.config, self.hooks));
+        let mut manager = self.manager;
+        manager.configured(&self.config);
+        let shared = Arc::new(Shared::new(manager, runtime, self.config, self.hooks));
         shared
             .runtime
             .spawn(Box::pin(maintenance_task(Arc::downgrade(&shared))));

@@ -4,7 +4,22 @@ use crate::Error;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::config::{Host, TargetSessionAttrs};
+use tokio_postgres::config::{Host, SslMode, TargetSessionAttrs};
+
+/// How long a standalone connect may take in all when no per-host connect timeout is set.
+const STANDALONE_CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The per-host connect timeout, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectTimeout {
+    /// Not set here: tokio-postgres's own `connect_timeout` (a DSN's `connect_timeout=`) if it
+    /// has one, else no per-host limit.
+    Unset,
+    /// Each host may take this long.
+    PerHost(Duration),
+    /// Explicitly no limit: not per host, not for a standalone connect.
+    Never,
+}
 
 /// How a connection is made ready for its next user when the pool checks it.
 ///
@@ -56,7 +71,7 @@ pub struct PgConfig {
     pub(crate) statement_cache: usize,
     pub(crate) unnamed_statements: bool,
     pub(crate) statement_timeout: Option<Duration>,
-    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) connect_timeout: ConnectTimeout,
     #[cfg(feature = "tls-rustls")]
     pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -103,7 +118,7 @@ impl PgConfig {
             statement_cache: 256,
             unnamed_statements: false,
             statement_timeout: None,
-            connect_timeout: Some(Duration::from_secs(10)),
+            connect_timeout: ConnectTimeout::Unset,
             #[cfg(feature = "tls-rustls")]
             tls: None,
         }
@@ -119,8 +134,9 @@ impl PgConfig {
 
     /// Parses a DSN: a URL (`postgresql://user:password@host:port/dbname?option=value`) or
     /// `key=value` pairs (`host=localhost user=app dbname=shop`). Several hosts may be
-    /// given (`host=a,b`); they are tried in order. Without a user, the `USER` environment
-    /// variable (or `postgres`) is used.
+    /// given (`host=a,b`); they are tried in order, each within `connect_timeout=` seconds
+    /// when it is set (see [`connect_timeout`](PgConfig::connect_timeout)). Without a user,
+    /// the `USER` environment variable (or `postgres`) is used.
     ///
     /// # Errors
     ///
@@ -144,12 +160,14 @@ impl PgConfig {
     }
 
     /// Reads the configuration from the environment: `DATABASE_URL` when set, otherwise the
-    /// libpq variables `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`,
-    /// `PGOPTIONS`, `PGCONNECT_TIMEOUT` and `PGTARGETSESSIONATTRS`.
+    /// libpq variables `PGHOST`, `PGHOSTADDR`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGAPPNAME`, `PGOPTIONS`, `PGCONNECT_TIMEOUT`, `PGSSLMODE` and `PGTARGETSESSIONATTRS`.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when a variable holds an invalid value.
+    /// [`Error::Config`] when a variable holds an invalid value, including a `PGSSLMODE`
+    /// other than `disable`, `prefer` or `require` (the modes tokio-postgres knows), and a
+    /// `PGHOSTADDR` whose count of addresses differs from `PGHOST`'s count of hosts.
     ///
     /// # Examples
     ///
@@ -178,6 +196,10 @@ impl PgConfig {
     /// })
     /// .unwrap();
     /// assert_eq!(config.ports(), &[6432]);
+    ///
+    /// // An sslmode that cannot be honoured is an error, not a silent downgrade.
+    /// let err = PgConfig::from_vars(|name| (name == "PGSSLMODE").then(|| "verify-full".into()));
+    /// assert!(matches!(err, Err(momopool_pg::Error::Config(_))));
     /// ```
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         if let Some(url) = lookup("DATABASE_URL").filter(|u| !u.is_empty()) {
@@ -188,6 +210,20 @@ impl PgConfig {
             for host in hosts.split(',').filter(|h| !h.is_empty()) {
                 pg.host(host);
             }
+        }
+        if let Some(addrs) = lookup("PGHOSTADDR") {
+            for addr in addrs.split(',').filter(|a| !a.is_empty()) {
+                let ip = addr.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                    Error::Config(format!("PGHOSTADDR: `{addr}` is not an IP address"))
+                })?;
+                pg.hostaddr(ip);
+            }
+        }
+        let (hosts, addrs) = (pg.get_hosts().len(), pg.get_hostaddrs().len());
+        if hosts > 0 && addrs > 0 && hosts != addrs {
+            return Err(Error::Config(format!(
+                "PGHOST names {hosts} hosts but PGHOSTADDR {addrs} addresses"
+            )));
         }
         if let Some(ports) = lookup("PGPORT") {
             for port in ports.split(',').filter(|p| !p.is_empty()) {
@@ -220,7 +256,23 @@ impl PgConfig {
                     "PGCONNECT_TIMEOUT: `{secs}` is not a number of seconds"
                 ))
             })?;
-            config.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            config.connect_timeout = match secs {
+                0 => ConnectTimeout::Never,
+                secs => ConnectTimeout::PerHost(Duration::from_secs(secs)),
+            };
+        }
+        if let Some(mode) = lookup("PGSSLMODE") {
+            let mode = match mode.trim() {
+                "disable" => SslMode::Disable,
+                "prefer" => SslMode::Prefer,
+                "require" => SslMode::Require,
+                other => {
+                    return Err(Error::Config(format!(
+                        "PGSSLMODE: `{other}` is not supported (disable, prefer, require)"
+                    )));
+                }
+            };
+            config.pg.ssl_mode(mode);
         }
         if let Some(attrs) = lookup("PGTARGETSESSIONATTRS") {
             let attrs = match attrs.trim() {
@@ -335,19 +387,51 @@ impl PgConfig {
         self
     }
 
-    /// The deadline of a standalone [`Connection::connect`](crate::Connection::connect) (the
-    /// pool uses its own create timeout). Covers TCP, TLS, startup and authentication.
+    /// How long each host may take to accept a connection, as libpq's `connect_timeout`:
+    /// TCP, TLS, startup, authentication and the session statements. A host that does not
+    /// make it in time fails with [`Error::ConnectTimeout`] (inside [`Error::Connect`]) and
+    /// the next host is tried. It overrides a DSN's `connect_timeout=` and `PGCONNECT_TIMEOUT`.
+    ///
+    /// Without one (the default), a pool gives each host but the last an equal share of what
+    /// is left of its create timeout, and a standalone
+    /// [`Connection::connect`](crate::Connection::connect) does the same within 10 s in all.
+    /// `None` sets no limit per host, and none for a standalone connect; a pool's create
+    /// timeout still applies, and is still shared between the hosts.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
-    /// let config = momopool_pg::PgConfig::default().connect_timeout(Duration::from_secs(3));
+    /// let config = momopool_pg::PgConfig::from_dsn("host=primary,standby user=app")
+    ///     .unwrap()
+    ///     .connect_timeout(Duration::from_secs(3)); // each host gets 3 s
     /// # drop(config);
     /// ```
     pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.connect_timeout = timeout.into();
+        self.connect_timeout = match timeout.into() {
+            Some(limit) => ConnectTimeout::PerHost(limit),
+            None => ConnectTimeout::Never,
+        };
         self
+    }
+
+    /// The limit each host gets, if one is configured.
+    pub(crate) fn per_host_timeout(&self) -> Option<Duration> {
+        match self.connect_timeout {
+            ConnectTimeout::Unset => self.pg.get_connect_timeout().copied(),
+            ConnectTimeout::PerHost(limit) => Some(limit),
+            ConnectTimeout::Never => None,
+        }
+    }
+
+    /// How long a standalone connect may take in all, over every host.
+    pub(crate) fn standalone_limit(&self) -> Option<Duration> {
+        match self.connect_timeout {
+            ConnectTimeout::Unset if self.per_host_timeout().is_none() => {
+                Some(STANDALONE_CONNECT_LIMIT)
+            }
+            _ => None,
+        }
     }
 
     /// Uses TLS, trusting the certificates in `pem` (one or more PEM `CERTIFICATE` blocks) as
@@ -476,13 +560,20 @@ impl PgConfig {
         self.pg.get_user()
     }
 
-    /// The tokio-postgres configuration underneath, for settings not mirrored here.
+    /// The tokio-postgres configuration underneath, for settings not mirrored here. Its TCP
+    /// settings (`keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_retries`,
+    /// and `tcp_user_timeout` on Linux) are applied to the TCP sockets the runtime opens, as
+    /// tokio-postgres's own connect would; its `connect_timeout` is the per-host
+    /// [`connect_timeout`](PgConfig::connect_timeout) unless that is set here.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::time::Duration;
+    ///
     /// let mut config = momopool_pg::PgConfig::default();
-    /// config.pg_mut().keepalives(true);
+    /// // Probe an idle connection after a minute of silence rather than tokio-postgres's 2 hours.
+    /// config.pg_mut().keepalives_idle(Duration::from_secs(60));
     /// ```
     pub fn pg_mut(&mut self) -> &mut tokio_postgres::Config {
         &mut self.pg
@@ -567,6 +658,123 @@ mod tests {
     fn env_rejects_bad_values() {
         let err = PgConfig::from_vars(|name| (name == "PGPORT").then(|| "x".into())).unwrap_err();
         assert!(err.to_string().contains("PGPORT"));
+    }
+
+    #[test]
+    fn dsn_connect_timeout_is_per_host() {
+        let secs = Duration::from_secs;
+        let config = PgConfig::from_dsn("host=a,b user=u connect_timeout=7").unwrap();
+        assert_eq!(config.per_host_timeout(), Some(secs(7)));
+        assert_eq!(
+            config.standalone_limit(),
+            None,
+            "libpq: no limit over all hosts"
+        );
+        let config = PgConfig::from_dsn("postgresql://u@a,b/db?connect_timeout=2").unwrap();
+        assert_eq!(config.per_host_timeout(), Some(secs(2)));
+
+        // The builder overrides the DSN, either way.
+        let config = PgConfig::from_dsn("host=a connect_timeout=7")
+            .unwrap()
+            .connect_timeout(secs(1));
+        assert_eq!(config.per_host_timeout(), Some(secs(1)));
+        let config = PgConfig::from_dsn("host=a connect_timeout=7")
+            .unwrap()
+            .connect_timeout(None);
+        assert_eq!(config.per_host_timeout(), None);
+        assert_eq!(config.standalone_limit(), None);
+
+        // None at all (0 is none, as in libpq): no per-host limit, 10 s for a standalone
+        // connect.
+        for dsn in ["host=a", "host=a connect_timeout=0"] {
+            let config = PgConfig::from_dsn(dsn).unwrap();
+            assert_eq!(config.per_host_timeout(), None, "{dsn}");
+            assert_eq!(config.standalone_limit(), Some(secs(10)), "{dsn}");
+        }
+        assert!(PgConfig::from_dsn("host=a connect_timeout=soon").is_err());
+    }
+
+    #[test]
+    fn env_connect_timeout_is_per_host() {
+        let with = |value: &'static str| {
+            PgConfig::from_vars(move |name| (name == "PGCONNECT_TIMEOUT").then(|| value.into()))
+        };
+        let config = with("5").unwrap();
+        assert_eq!(config.per_host_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(config.standalone_limit(), None);
+        let config = with("0").unwrap();
+        assert_eq!(config.per_host_timeout(), None);
+        assert_eq!(
+            config.standalone_limit(),
+            None,
+            "0 waits as long as it takes"
+        );
+        assert!(with("soon").is_err());
+        let config = PgConfig::from_vars(|name| {
+            (name == "DATABASE_URL").then(|| "postgresql://u@h/d?connect_timeout=3".into())
+        })
+        .unwrap();
+        assert_eq!(config.per_host_timeout(), Some(Duration::from_secs(3)));
+    }
+
+    /// A lookup over fixed variables.
+    fn vars(pairs: &[(&str, &str)]) -> Result<PgConfig, Error> {
+        PgConfig::from_vars(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn env_sslmode() {
+        assert_eq!(vars(&[]).unwrap().pg.get_ssl_mode(), SslMode::Prefer);
+        for (value, mode) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+        ] {
+            let config = vars(&[("PGSSLMODE", value)]).unwrap();
+            assert_eq!(config.pg.get_ssl_mode(), mode, "{value}");
+        }
+        // Modes tokio-postgres cannot honour are refused rather than weakened.
+        for value in ["allow", "verify-ca", "verify-full", "REQUIRE", ""] {
+            let err = vars(&[("PGSSLMODE", value)]).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{value}: {err:?}");
+            assert!(err.to_string().contains("PGSSLMODE"), "{err}");
+        }
+        // DATABASE_URL wins whole, as for every other variable.
+        let config = vars(&[
+            ("DATABASE_URL", "postgresql://u@h/d?sslmode=disable"),
+            ("PGSSLMODE", "require"),
+        ])
+        .unwrap();
+        assert_eq!(config.pg.get_ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn env_hostaddr() {
+        let config = vars(&[("PGHOSTADDR", "127.0.0.1,::1"), ("PGPORT", "6432")]).unwrap();
+        assert_eq!(
+            config.targets(),
+            [
+                (Target::Addr("127.0.0.1".parse().unwrap()), 6432),
+                (Target::Addr("::1".parse().unwrap()), 6432),
+            ]
+        );
+        // With PGHOST too, the address is what is connected to.
+        let config = vars(&[("PGHOST", "db.internal"), ("PGHOSTADDR", "10.1.2.3")]).unwrap();
+        assert_eq!(
+            config.targets(),
+            [(Target::Addr("10.1.2.3".parse().unwrap()), 5432)]
+        );
+        assert_eq!(config.pg.get_hosts().len(), 1);
+
+        let err = vars(&[("PGHOSTADDR", "db.internal")]).unwrap_err();
+        assert!(err.to_string().contains("PGHOSTADDR"), "{err}");
+        let err = vars(&[("PGHOST", "a,b"), ("PGHOSTADDR", "10.1.2.3")]).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
     }
 
     #[test]

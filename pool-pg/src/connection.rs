@@ -16,6 +16,7 @@ use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Row, Statement};
@@ -290,14 +291,16 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Opens a standalone connection on the runtime picked by the enabled features (see
-    /// [`default_runtime`](crate::default_runtime)), bounded by the configuration's connect
-    /// timeout.
+    /// [`default_runtime`](crate::default_runtime)). Each host is bounded by the configuration's
+    /// connect timeout, as with libpq; without one the connect takes at most 10 s in all,
+    /// shared between the hosts (see [`PgConfig::connect_timeout`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid DSN; [`Error::Connect`] (carrying the cause: refused,
-    /// wrong password with SQLSTATE 28P01, unknown database 3D000, ...) when no host accepts;
-    /// [`Error::ConnectTimeout`] when the connect timeout passes.
+    /// [`Error::Config`] for an invalid DSN; [`Error::Connect`] (carrying the cause of the last
+    /// host's failure: refused, wrong password with SQLSTATE 28P01, unknown database 3D000,
+    /// [`Error::ConnectTimeout`] for a host that did not answer in time, ...) when no host
+    /// accepts; [`Error::ConnectTimeout`] when the 10 s default passes.
     ///
     /// # Cancel safety
     ///
@@ -345,9 +348,10 @@ impl Connection {
         config: PgConfig,
         runtime: Arc<dyn PgRuntime>,
     ) -> Result<Connection, Error> {
-        let timeout = config.connect_timeout;
+        let timeout = config.standalone_limit();
+        let deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
         let config = Arc::new(config);
-        let open = Connection::open(Arc::clone(&config), Arc::clone(&runtime));
+        let open = Connection::open(Arc::clone(&config), Arc::clone(&runtime), deadline);
         match timeout {
             None => open.await,
             Some(limit) => {
@@ -364,19 +368,45 @@ impl Connection {
 
     /// Opens a connection: each configured host in order, until one accepts (and is
     /// writable, when `target_session_attrs=read-write`); then the session statements.
+    ///
+    /// Each host gets the configured per-host connect timeout. Without one, when the whole
+    /// attempt must end by `deadline`, each host but the last gets an equal share of the time
+    /// left, so that a host that accepts and then says nothing leaves time for the next.
     pub(crate) async fn open(
         config: Arc<PgConfig>,
         runtime: Arc<dyn PgRuntime>,
+        deadline: Option<Instant>,
     ) -> Result<Connection, Error> {
+        let targets = config.targets();
+        let per_host = config.per_host_timeout();
         let mut last = None;
-        for (target, port) in config.targets() {
-            match Self::open_one(&config, &runtime, &target, port).await {
+        for (i, (target, port)) in targets.iter().enumerate() {
+            let hosts_left = targets.len() - i;
+            let limit = per_host.or_else(|| {
+                let deadline = deadline.filter(|_| hosts_left > 1)?;
+                let share = u32::try_from(hosts_left).unwrap_or(u32::MAX);
+                Some(deadline.saturating_duration_since(Instant::now()) / share)
+            });
+            let attempt = Self::open_one(&config, &runtime, target, *port);
+            let outcome = match limit {
+                None => attempt.await,
+                Some(limit) => {
+                    let attempt = std::pin::pin!(attempt);
+                    match futures::future::select(attempt, runtime.sleep(limit)).await {
+                        futures::future::Either::Left((outcome, _)) => outcome,
+                        futures::future::Either::Right(_) => {
+                            Err(Error::ConnectTimeout { after: limit })
+                        }
+                    }
+                }
+            };
+            match outcome {
                 Ok(conn) => return Ok(conn),
                 Err(err) => {
                     // A wrong password is just as wrong on the next host: stop here.
                     let permanent = err.class() == momopool::ErrorClass::Permanent;
                     last = Some(Error::Connect {
-                        target: target.describe(port),
+                        target: target.describe(*port),
                         source: Box::new(err),
                     });
                     if permanent {
@@ -403,7 +433,7 @@ impl Connection {
                     .into(),
             ));
         }
-        let mut socket = connect_socket(runtime, target, port).await?;
+        let mut socket = open_socket(runtime, target, port, &config.pg).await?;
         let probe = socket.take_probe();
         #[cfg(feature = "tls-rustls")]
         let (client, (driver, stop)) = match &config.tls {
@@ -1583,6 +1613,21 @@ async fn closed_error(client: &Client) -> Error {
         Err(err) => Error::Postgres(err),
         Ok(_) => Error::InvalidInput("connection reported closed".into()),
     }
+}
+
+/// Opens a connection's socket to one target: [`connect_socket`], then, for TCP, `pg`'s TCP
+/// settings (keepalives, `tcp_user_timeout`), as tokio-postgres's own connect applies them.
+async fn open_socket(
+    runtime: &Arc<dyn PgRuntime>,
+    target: &Target,
+    port: u16,
+    pg: &tokio_postgres::Config,
+) -> Result<Socket, Error> {
+    let socket = connect_socket(runtime, target, port).await?;
+    if !matches!(target, Target::Unix(_)) && !socket.apply_tcp_settings(pg)? {
+        tracing::debug!("the runtime gave no socket descriptor: keepalive settings not applied");
+    }
+    Ok(socket)
 }
 
 /// Opens a socket to one target through the runtime.

@@ -42,8 +42,11 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// A standalone connect took longer than its connect timeout (TCP, TLS, startup and
-    /// authentication included).
+    /// A connect took longer than its limit (TCP, TLS, startup and authentication included):
+    /// inside [`Error::Connect`], one host did not answer within its per-host connect timeout
+    /// (or its share of the pool's create timeout); on its own, a standalone connect's
+    /// overall limit passed, or the pool's create timeout for the connection of
+    /// [`PgPool::listen`](crate::PgPool::listen).
     #[error("connect timed out after {after:?}")]
     ConnectTimeout {
         /// The limit that passed.
@@ -191,7 +194,8 @@ impl Error {
         }
     }
 
-    /// Whether this is a timeout: a statement deadline or the pool's.
+    /// Whether this is a timeout: a statement deadline, a connect timeout (also the last
+    /// host's, inside [`Error::Connect`]) or the pool's.
     ///
     /// # Examples
     ///
@@ -203,6 +207,7 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         match self {
             Error::StatementTimeout { .. } | Error::ConnectTimeout { .. } => true,
+            Error::Connect { source, .. } => source.is_timeout(),
             Error::Pool(p) => p.is_timeout(),
             _ => false,
         }

@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::runtime::PgRuntime;
 use momopool::{ErrorClass, Manager, Metrics};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Creates, checks and inspects PostgreSQL connections for a [`momopool::Pool`].
 ///
@@ -13,7 +14,10 @@ use std::sync::Arc;
 /// PostgreSQL connections in a plain `momopool::Pool` with settings of your own.
 ///
 /// - **create** tries each configured host in order, honours
-///   `target_session_attrs=read-write`, and runs the session statements;
+///   `target_session_attrs=read-write`, and runs the session statements. Each host gets the
+///   configured [connect timeout](crate::PgConfig::connect_timeout); without one, each host
+///   but the last gets an equal share of what is left of the pool's create timeout (learnt
+///   through [`Manager::configured`]), so a host that never answers leaves time for the next;
 /// - **check** rolls back a connection returned in an unknown state, then applies the
 ///   [`Recycling`](crate::Recycling) method;
 /// - **is_broken** is true for a closed connection or one a statement found dead;
@@ -46,6 +50,7 @@ use std::sync::Arc;
 pub struct PgManager {
     config: Arc<PgConfig>,
     runtime: Arc<dyn PgRuntime>,
+    create_timeout: Option<Duration>,
 }
 
 impl PgManager {
@@ -69,6 +74,7 @@ impl PgManager {
         PgManager {
             config: Arc::new(config),
             runtime,
+            create_timeout: None,
         }
     }
 
@@ -108,7 +114,19 @@ impl Manager for PgManager {
     type Error = Error;
 
     async fn create(&self) -> Result<Connection, Error> {
-        Connection::open(Arc::clone(&self.config), Arc::clone(&self.runtime)).await
+        let deadline = self
+            .create_timeout
+            .and_then(|limit| Instant::now().checked_add(limit));
+        Connection::open(
+            Arc::clone(&self.config),
+            Arc::clone(&self.runtime),
+            deadline,
+        )
+        .await
+    }
+
+    fn configured(&mut self, config: &momopool::PoolConfig) {
+        self.create_timeout = config.create_timeout;
     }
 
     async fn check(&self, conn: &mut Connection, _metrics: &Metrics) -> Result<(), Error> {

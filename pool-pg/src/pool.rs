@@ -892,11 +892,13 @@ impl PgPool {
 
     /// Opens a dedicated connection (outside the pool's count) that listens on `channel` and
     /// yields its notifications as a [`Stream`]. Add channels with
-    /// [`Listener::listen`]. The stream ends if the connection is lost.
+    /// [`Listener::listen`]. The stream ends if the connection is lost. The connect is
+    /// bounded by the pool's create timeout.
     ///
     /// # Errors
     ///
-    /// The connect error, or the `LISTEN` error.
+    /// The connect error; [`Error::ConnectTimeout`] when the connect takes longer than the
+    /// pool's create timeout; or the `LISTEN` error.
     ///
     /// # Cancel safety
     ///
@@ -915,7 +917,19 @@ impl PgPool {
     /// # Ok(()) }
     /// ```
     pub async fn listen(&self, channel: &str) -> Result<Listener, Error> {
-        let mut conn = self.pool.manager().create().await?;
+        let create = std::pin::pin!(self.pool.manager().create());
+        let mut conn = match self.pool.config().create_timeout {
+            None => create.await?,
+            Some(limit) => {
+                let timer = self.pool.runtime().sleep(limit);
+                match futures::future::select(create, timer).await {
+                    futures::future::Either::Left((conn, _)) => conn?,
+                    futures::future::Either::Right(_) => {
+                        return Err(Error::ConnectTimeout { after: limit });
+                    }
+                }
+            }
+        };
         let (tx, rx) = futures::channel::mpsc::unbounded();
         conn.listen(channel, tx).await?;
         Ok(Listener {

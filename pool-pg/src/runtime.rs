@@ -35,6 +35,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub trait PgRuntime: Runtime {
     /// Opens a TCP connection to `addr` (with `TCP_NODELAY` set).
     ///
+    /// momopool-pg then applies the configuration's TCP settings (keepalives and
+    /// `tcp_user_timeout`) through the descriptor given to [`Socket::with_probe`].
+    ///
     /// # Examples
     ///
     /// ```
@@ -159,6 +162,11 @@ impl Socket {
     /// backend). `fd` is the socket's descriptor; a duplicate is kept and peeked at, never
     /// read. Without a probe the pool relies on the driver having seen the goodbye.
     ///
+    /// The descriptor is also how the TCP settings of the configuration (tokio-postgres's
+    /// `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_retries` and, on
+    /// Linux, `tcp_user_timeout`) reach a TCP socket: without it they are left as the runtime
+    /// made them.
+    ///
     /// # Examples
     ///
     /// ```
@@ -178,6 +186,52 @@ impl Socket {
     pub(crate) fn take_probe(&mut self) -> Option<Probe> {
         self.probe.take()
     }
+
+    /// Applies `pg`'s TCP settings (see [`tcp_settings`]) through the probe's descriptor;
+    /// `false` when there is none.
+    pub(crate) fn apply_tcp_settings(&self, pg: &tokio_postgres::Config) -> io::Result<bool> {
+        match &self.probe {
+            Some(probe) => tcp_settings(&probe.0, pg).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Applies to a TCP socket what tokio-postgres applies to the sockets it opens itself (its own
+/// connect is not used here, the runtime opens the socket): TCP keepalives when `keepalives`
+/// is on (the default), with `keepalives_idle` (2 hours by default), `keepalives_interval` and
+/// `keepalives_retries`; and `tcp_user_timeout` on Linux.
+pub(crate) fn tcp_settings(
+    socket: &socket2::Socket,
+    pg: &tokio_postgres::Config,
+) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = pg.get_tcp_user_timeout() {
+        socket.set_tcp_user_timeout(Some(*timeout))?;
+    }
+    if pg.get_keepalives() {
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(pg.get_keepalives_idle());
+        #[cfg(not(any(
+            target_os = "aix",
+            target_os = "redox",
+            target_os = "solaris",
+            target_os = "openbsd"
+        )))]
+        if let Some(interval) = pg.get_keepalives_interval() {
+            keepalive = keepalive.with_interval(interval);
+        }
+        #[cfg(not(any(
+            target_os = "aix",
+            target_os = "redox",
+            target_os = "solaris",
+            target_os = "openbsd"
+        )))]
+        if let Some(retries) = pg.get_keepalives_retries() {
+            keepalive = keepalive.with_retries(retries);
+        }
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    Ok(())
 }
 
 /// A duplicate of a connection's socket descriptor, used only to peek.
@@ -366,9 +420,49 @@ pub fn default_runtime() -> Result<std::sync::Arc<dyn PgRuntime>, crate::Error> 
 
 #[cfg(test)]
 mod tests {
-    use super::Probe;
+    use super::{Probe, tcp_settings};
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    /// The keepalive and user-timeout settings of the configuration reach the socket.
+    #[test]
+    fn tcp_settings_reach_the_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let connect = || {
+            let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            socket2::Socket::from(stream)
+        };
+        let secs = Duration::from_secs;
+
+        let socket = connect();
+        let mut pg = tokio_postgres::Config::new();
+        pg.keepalives_idle(secs(77))
+            .keepalives_interval(secs(7))
+            .keepalives_retries(3)
+            .tcp_user_timeout(secs(9));
+        tcp_settings(&socket, &pg).unwrap();
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), secs(77));
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(socket.tcp_keepalive_interval().unwrap(), secs(7));
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+            assert_eq!(socket.tcp_user_timeout().unwrap(), Some(secs(9)));
+        }
+
+        // tokio-postgres's defaults: keepalives on, after 2 hours idle.
+        let socket = connect();
+        tcp_settings(&socket, &tokio_postgres::Config::new()).unwrap();
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), secs(2 * 60 * 60));
+
+        let socket = connect();
+        let mut pg = tokio_postgres::Config::new();
+        pg.keepalives(false);
+        tcp_settings(&socket, &pg).unwrap();
+        assert!(!socket.keepalive().unwrap());
+    }
 
     /// The probe sees unread input and a closed peer without consuming or waiting.
     #[test]

@@ -288,6 +288,8 @@ momopool_tests::matrix!(
     a2_db_comes_back_while_callers_wait,
     a3_server_accepts_but_never_answers,
     a3_postmaster_stopped_accepts_but_never_answers,
+    a3_deaf_first_host_fails_over_to_the_next,
+    a3_listen_on_a_deaf_server_times_out,
     a4_slow_connects_under_a_burst,
     a5_too_many_connections,
     a6_rejected_by_pg_hba_or_unknown_database,

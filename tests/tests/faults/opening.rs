@@ -1,9 +1,11 @@
 //! A. Opening connections: a server that is down, deaf, slow or full.
 
-use crate::{EPSILON, admin_for, builder, finish, proxy_to, unique, via, watch, within};
+use crate::{EPSILON, admin_for, builder, finish, proxy_to, unique, upstream, via, watch, within};
 use momopool::{Phase, PoolError};
-use momopool_pg::{Error, PgPool};
+use momopool_pg::{Connection, Error, PgConfig, PgPool};
+use momopool_tests::proxy::FaultProxy;
 use momopool_tests::{Rt, pg};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 /// The connect error inside a pool error (directly, or as a timeout's last error).
@@ -258,6 +260,207 @@ pub(crate) async fn a3_postmaster_stopped_accepts_but_never_answers(rt: Rt) {
 
     cluster.resume().expect("resume the postmaster");
     let admin = admin_for(&rt, &server, &app).await;
+    finish(&rt, &pool, &admin, &app, seen).await;
+}
+
+/// A3 for `PgPool::listen`: its connection, opened outside the pool's count, is bounded by
+/// the pool's create timeout too, and says so.
+pub(crate) async fn a3_listen_on_a_deaf_server_times_out(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "a3_listen");
+    proxy.deaf();
+    let pool = deaf_pool(&rt, via(server, &proxy, &app));
+    let seen = watch(&rt, &pool);
+    let create_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let outcome = within(&rt, Duration::from_secs(5), "listen()", pool.listen("jobs")).await;
+    let took = started.elapsed();
+    let Err(err) = outcome else {
+        panic!("[{}] a deaf server gives no listener", rt.name());
+    };
+    assert!(
+        took >= create_timeout && took < create_timeout + EPSILON,
+        "[{}] listen() failed after {took:?}",
+        rt.name()
+    );
+    assert!(
+        matches!(err, Error::ConnectTimeout { after } if after == create_timeout),
+        "[{}] {err:?}",
+        rt.name()
+    );
+    assert!(err.is_timeout(), "[{}] {err}", rt.name());
+    rt.wait_until(Duration::from_secs(2), "the deaf socket is closed", || {
+        proxy.stats().active == 0
+    })
+    .await;
+
+    proxy.pass();
+    let listener = within(&rt, Duration::from_secs(5), "listen()", pool.listen("jobs"))
+        .await
+        .unwrap_or_else(|e| panic!("[{}] listen() once the server answers: {e}", rt.name()));
+    drop(listener);
+    let admin = admin_for(&rt, server, &app).await;
+    finish(&rt, &pool, &admin, &app, seen).await;
+}
+
+/// Two hosts: `proxy` first, then `server` itself, with `options` added to the DSN.
+fn proxy_then_server(
+    server: &pg::Server,
+    proxy: &FaultProxy,
+    app: &str,
+    options: &str,
+) -> PgConfig {
+    let direct = tokio_postgres::Config::from_str(server.url()).expect("the server URL parses");
+    let user = direct.get_user().unwrap_or("postgres");
+    let dbname = direct.get_dbname().unwrap_or("postgres");
+    let mut config = PgConfig::from_dsn(&format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user='{user}' dbname='{dbname}' {options}",
+        proxy.port(),
+        upstream(server).port()
+    ))
+    .expect("the two-host DSN parses")
+    .application_name(app);
+    if let Some(password) = direct.get_password() {
+        config = config.password(password);
+    }
+    config
+}
+
+/// A3 with a second host: the first host accepts and never answers. Each host gets its own
+/// connect timeout (libpq's `connect_timeout`, from the DSN or the builder) or, without one, a
+/// share of the pool's create timeout, so the second host is reached well within the create
+/// timeout; a host that runs out of time says so.
+pub(crate) async fn a3_deaf_first_host_fails_over_to_the_next(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "a3_failover");
+    proxy.deaf();
+    let in_range = |what: &str, took: Duration, from: Duration, to: Duration| {
+        assert!(
+            took >= from - Duration::from_millis(10) && took < to,
+            "[{}] {what} took {took:?}, expected {from:?} to {to:?}",
+            rt.name()
+        );
+    };
+
+    // The DSN's connect_timeout=1: the deaf host gets 1 s of the pool's 4 s.
+    let started = Instant::now();
+    let pool = within(
+        &rt,
+        Duration::from_secs(6),
+        "the eager build",
+        builder(
+            &rt,
+            proxy_then_server(server, &proxy, &app, "connect_timeout=1"),
+        )
+        .min_size(1)
+        .max_size(2)
+        .configure(|b| b.create_timeout(Duration::from_secs(4)))
+        .build_eager(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{}] the second host was not reached: {e}", rt.name()));
+    let second = Duration::from_secs(1);
+    in_range(
+        "the eager build",
+        started.elapsed(),
+        second,
+        second * 18 / 10,
+    );
+    assert!(proxy.stats().opened >= 1, "the deaf host was tried first");
+    let seen = watch(&rt, &pool);
+
+    // No connect timeout: the deaf host gets half of the 3 s create timeout.
+    let started = Instant::now();
+    let halves = within(
+        &rt,
+        Duration::from_secs(5),
+        "the eager build",
+        builder(
+            &rt,
+            proxy_then_server(server, &proxy, &format!("{app}_share"), ""),
+        )
+        .min_size(1)
+        .max_size(1)
+        .configure(|b| b.create_timeout(Duration::from_secs(3)))
+        .build_eager(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{}] the second host was not reached: {e}", rt.name()));
+    let half = Duration::from_millis(1500);
+    in_range(
+        "the eager build",
+        started.elapsed(),
+        half,
+        half + Duration::from_secs(1),
+    );
+    halves.close();
+
+    // Standalone, with the builder's per-host timeout.
+    let config = proxy_then_server(server, &proxy, &app, "").connect_timeout(second);
+    let started = Instant::now();
+    let conn = within(
+        &rt,
+        Duration::from_secs(5),
+        "the standalone connect",
+        Connection::connect_with(config, rt.pg_runtime()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{}] the second host was not reached: {e}", rt.name()));
+    in_range(
+        "the standalone connect",
+        started.elapsed(),
+        second,
+        second * 18 / 10,
+    );
+    drop(conn);
+
+    // The deaf host alone: the error says it timed out, and where.
+    let limit = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = within(
+        &rt,
+        Duration::from_secs(5),
+        "the standalone connect",
+        Connection::connect_with(
+            via(server, &proxy, &app).connect_timeout(limit),
+            rt.pg_runtime(),
+        ),
+    )
+    .await
+    .expect_err("a deaf host gives no connection");
+    in_range(
+        "the failed connect",
+        started.elapsed(),
+        limit,
+        limit + EPSILON,
+    );
+    match &err {
+        Error::Connect { target, source } => {
+            assert_eq!(
+                target,
+                &format!("127.0.0.1:{}", proxy.port()),
+                "[{}]",
+                rt.name()
+            );
+            assert!(
+                matches!(**source, Error::ConnectTimeout { after } if after == limit),
+                "[{}] {err:?}",
+                rt.name()
+            );
+        }
+        other => panic!("[{}] expected a connect error, got {other:?}", rt.name()),
+    }
+    assert!(err.is_timeout(), "[{}] {err}", rt.name());
+    assert!(
+        err.to_string().contains("timed out"),
+        "[{}] {err}",
+        rt.name()
+    );
+
+    proxy.pass();
+    let admin = admin_for(&rt, server, &app).await;
     finish(&rt, &pool, &admin, &app, seen).await;
 }
 

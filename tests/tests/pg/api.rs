@@ -819,3 +819,102 @@ pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
     let stats = pool.inner().statistics();
     assert_eq!(stats.closed.get(momopool::Removal::Broken), 1, "{stats:?}");
 }
+
+/// The kernel's keepalive timer on this process's end of `conn`, from `/proc/net/tcp` (or
+/// `tcp6`): `None` when the socket runs none, else the time left before the first probe.
+/// Waits (up to 5 s) for the acknowledgement of the query it sends, which runs a retransmit
+/// timer in its place meanwhile.
+async fn keepalive_timer(rt: &Rt, conn: &mut Connection) -> Option<Duration> {
+    let row = conn
+        .query_one("SELECT inet_client_port(), inet_server_port()", &[])
+        .await
+        .unwrap();
+    let (ours, theirs): (Option<i32>, Option<i32>) = (row.get(0), row.get(1));
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
+        panic!("[{}] the test server must be reached over TCP", rt.name());
+    };
+    let port = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| i32::from_str_radix(p, 16).ok())
+    };
+    let started = Instant::now();
+    loop {
+        let table = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .collect::<String>();
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
+        let timer = table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let mine = fields.len() > 5
+                && port(fields[1]) == Some(ours)
+                && port(fields[2]) == Some(theirs);
+            let (kind, when) = fields.get(5).filter(|_| mine)?.split_once(':')?;
+            Some((
+                u8::from_str_radix(kind, 16).ok()?,
+                u64::from_str_radix(when, 16).ok()?,
+            ))
+        });
+        match timer {
+            // 2: the keepalive timer, in clock ticks (USER_HZ, 100 a second on Linux).
+            Some((2, ticks)) => return Some(Duration::from_millis(ticks * 10)),
+            Some((0, _)) => return None,
+            other => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "[{}] no idle socket {ours} -> {theirs} in /proc/net/tcp: {other:?}",
+                rt.name()
+            ),
+        }
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// tokio-postgres's TCP keepalive settings (`keepalives`, `keepalives_idle`, ...) reach the
+/// sockets the runtimes open, which set only `TCP_NODELAY` themselves: the kernel runs a
+/// keepalive timer of `keepalives_idle` on the client's socket (2 hours by default, as with
+/// tokio-postgres's own connect), and none with `keepalives=0`.
+pub(crate) async fn tcp_keepalive_settings_reach_the_socket(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "keepalive");
+    let within = |what: &str, timer: Option<Duration>, from: u64, to: u64| {
+        let secs = timer.map(|t| t.as_secs());
+        assert!(
+            secs.is_some_and(|s| (from..=to).contains(&s)),
+            "[{}] {what}: keepalive timer {timer:?}, expected {from} to {to} s",
+            rt.name()
+        );
+    };
+
+    // Set through pg_mut, as the README says, on a pool's connection.
+    let mut config = server.config(&app);
+    config.pg_mut().keepalives_idle(Duration::from_secs(77));
+    let pool = pool_for(&rt, config, |b| b).await;
+    let mut conn = pool.get().await.unwrap();
+    within(
+        "keepalives_idle 77 s",
+        keepalive_timer(&rt, &mut conn).await,
+        60,
+        77,
+    );
+    drop(conn);
+
+    // The default, on a standalone connection.
+    let mut conn = Connection::connect_with(server.config(&app), rt.pg_runtime())
+        .await
+        .unwrap();
+    let timer = keepalive_timer(&rt, &mut conn).await;
+    within("the default", timer, 2 * 3600 - 120, 2 * 3600);
+
+    // keepalives=0 in the DSN.
+    let url = server.url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let dsn = format!("{url}{separator}keepalives=0&application_name={app}");
+    let config = momopool_pg::PgConfig::from_dsn(&dsn).unwrap();
+    let mut conn = Connection::connect_with(config, rt.pg_runtime())
+        .await
+        .unwrap();
+    let timer = keepalive_timer(&rt, &mut conn).await;
+    assert_eq!(timer, None, "[{}] keepalives=0", rt.name());
+}

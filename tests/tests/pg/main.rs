@@ -65,6 +65,7 @@ momopool_tests::matrix!(
     bad_inputs_give_typed_errors_fast,
     b2_fast_restart_under_query_loop,
     multi_host_tries_hosts_in_order,
+    tcp_keepalive_settings_reach_the_socket,
     unnamed_statements_leave_nothing_prepared,
     tls_connections_are_encrypted,
     discarded_connection_with_request_in_flight_closes,
