@@ -270,6 +270,9 @@ pub struct Connection {
     dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
+    /// A transaction closure's future was dropped half-way: its transaction is still open on
+    /// the server, and is rolled back before the connection runs anything else.
+    abandoned_transaction: bool,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -433,6 +436,7 @@ impl Connection {
             backend_pid: 0,
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            abandoned_transaction: false,
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -687,6 +691,21 @@ impl Connection {
         })
     }
 
+    /// Rolls back the transaction of a closure whose future was dropped half-way (see
+    /// [`transaction`](Connection::transaction)), if there is one: what every statement
+    /// method of the connection does first. The caller's statement is not sent when this
+    /// fails.
+    async fn end_abandoned_transaction(&mut self) -> Result<(), Error> {
+        if self.abandoned_transaction {
+            self.try_batch("ROLLBACK")
+                .await
+                .map_err(|failure| failure.error)?;
+            self.abandoned_transaction = false;
+            self.set_dirty(false);
+        }
+        Ok(())
+    }
+
     /// Runs a statement and returns its rows.
     ///
     /// # Errors
@@ -713,6 +732,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_query(sql, params, false).await)
     }
 
@@ -792,6 +812,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_execute(sql, params, false).await)
     }
 
@@ -814,6 +835,7 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_batch(sql).await)
     }
 
@@ -878,6 +900,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<String, Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_mogrify(sql, params).await)
     }
 
@@ -976,18 +999,19 @@ impl Connection {
             client,
             dirty,
             broken,
+            abandoned_transaction,
             ..
         } = self;
         let (dirty, broken) = (&*dirty, &*broken);
         dirty.store(true, Ordering::Relaxed);
         enum State<'t> {
-            Start(&'t mut Client),
+            Start(&'t mut Client, &'t mut bool),
             Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
             Done,
         }
         let chunk = chunk.max(1);
         let pages = futures::stream::unfold(
-            (State::Start(client), dirty, broken),
+            (State::Start(client, abandoned_transaction), dirty, broken),
             move |(state, dirty, broken)| async move {
                 let fail = |err: tokio_postgres::Error, broken: &AtomicBool| {
                     if pg_connection_lost(&err) {
@@ -997,7 +1021,15 @@ impl Connection {
                 };
                 let (tx, portal) = match state {
                     State::Done => return None,
-                    State::Start(client) => {
+                    State::Start(client, abandoned_transaction) => {
+                        if *abandoned_transaction {
+                            let rollback = client.batch_execute("ROLLBACK");
+                            if let Err(err) = tracked!(broken, rollback) {
+                                let err = fail(err, broken);
+                                return Some((Err(err), (State::Done, dirty, broken)));
+                            }
+                            *abandoned_transaction = false;
+                        }
                         let tx = match client.transaction().await {
                             Ok(tx) => tx,
                             Err(err) => {
@@ -1055,8 +1087,11 @@ impl Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future rolls the transaction back (the `ROLLBACK` is sent before the
-    /// connection serves anyone else).
+    /// Dropping the future rolls the transaction back. Dropped while the closure waits between
+    /// statements, the transaction stays open on the server until the connection's next use:
+    /// the `ROLLBACK` is sent before anything else it runs (its next statement, or the pool's
+    /// check when a pooled connection goes back). Dropped with a statement in flight, the
+    /// connection is marked broken instead (a pooled one is closed rather than reused).
     ///
     /// # Examples
     ///
@@ -1089,17 +1124,27 @@ impl Connection {
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
+        self.end_abandoned_transaction()
+            .await
+            .map_err(Failure::unsent)?;
         self.set_dirty(true);
         self.try_batch("BEGIN").await.map_err(|mut failure| {
             // Nothing of the caller's ran yet.
             failure.sent = false;
             failure
         })?;
+        // Set while the caller's closure runs. Dropped there, between statements, this future
+        // leaves the transaction open on the server, and no ROLLBACK can be sent from a
+        // destructor: the connection's next statement sends it first. (Everything else this
+        // method awaits is a tracked request: dropped half-way, it marks the connection
+        // broken.)
+        self.abandoned_transaction = true;
         let outcome = {
             let mut tx = Transaction { conn: self };
             let fut = f(&mut tx);
             futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
         };
+        self.abandoned_transaction = false;
         match outcome {
             Ok(Ok(value)) => {
                 self.try_batch("COMMIT").await?;
@@ -1157,8 +1202,9 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
-        if self.is_dirty() {
+        if self.is_dirty() || self.abandoned_transaction {
             self.client.batch_execute("ROLLBACK").await?;
+            self.abandoned_transaction = false;
         }
         let recycling = self.config.recycling.clone();
         match recycling {
@@ -1443,7 +1489,7 @@ impl Transaction<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        self.conn.batch_execute(sql).await
+        Connection::settle(self.conn.try_batch(sql).await)
     }
 }
 

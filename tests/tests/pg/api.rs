@@ -804,3 +804,258 @@ pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
     let stats = pool.inner().statistics();
     assert_eq!(stats.closed.get(momopool::Removal::Broken), 1, "{stats:?}");
 }
+
+/// Runs a transaction closure on `conn` that inserts `x` (then, when `fail`, makes its
+/// transaction fail) and waits for ever, and drops it after a moment, as a timeout would.
+async fn abandon_transaction(rt: &Rt, conn: &mut Connection, insert: &str, x: i32, fail: bool) {
+    let insert = insert.to_string();
+    let closure = conn.transaction(move |tx| {
+        Box::pin(async move {
+            tx.execute(&insert, &[&x]).await?;
+            if fail {
+                assert!(tx.batch_execute("SELECT 1/0").await.is_err());
+            }
+            futures::future::pending::<Result<(), Error>>().await
+        })
+    });
+    let outcome = rt.timeout(Duration::from_millis(200), closure).await;
+    assert!(
+        outcome.is_none(),
+        "[{}] the closure was still waiting",
+        rt.name()
+    );
+}
+
+/// Whether the session is outside any transaction, as its next statement sees it, and how
+/// many rows `x = 1` the connection sees.
+async fn after_abandon(conn: &mut Connection, table: &str) -> (Option<String>, i32) {
+    let row = conn
+        .query_one(
+            &format!(
+                "SELECT txid_current_if_assigned()::text, \
+                 (SELECT count(*)::int FROM {table} WHERE x = 1)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A transaction closure's future dropped while the closure waits between statements (a
+/// timeout around `transaction`) leaves its transaction open on the server: the connection's
+/// next statement, whichever method sends it, rolls it back first. On a standalone
+/// connection and on a held pooled one.
+pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "abandoned_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES ($1)");
+    let committed = || async {
+        let rows = pool
+            .execute(&format!("SELECT x FROM {table} ORDER BY x"), &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>()
+    };
+    let mut standalone = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    let mut held = pool.get().await.unwrap();
+    for (kind, conn) in [("standalone", &mut standalone), ("pooled", &mut *held)] {
+        let name = format!("[{}] {kind}", rt.name());
+        // The next statement runs outside any transaction, and the row is gone.
+        abandon_transaction(&rt, conn, &insert, 1, false).await;
+        assert_eq!(after_abandon(conn, &table).await, (None, 0), "{name}");
+        // A new transaction commits its own work only.
+        abandon_transaction(&rt, conn, &insert, 1, false).await;
+        let insert2 = insert.clone();
+        conn.transaction(move |tx| Box::pin(async move { tx.execute(&insert2, &[&2i32]).await }))
+            .await
+            .unwrap();
+        assert_eq!(committed().await, vec![2], "{name}");
+        pool.batch_execute(&format!("DELETE FROM {table}"))
+            .await
+            .unwrap();
+
+        // Every statement method: the abandoned transaction failed, so without the
+        // ROLLBACK each would be refused (25P02).
+        for method in 0..7 {
+            abandon_transaction(&rt, conn, &insert, 1, true).await;
+            let outcome = match method {
+                0 => conn.query("SELECT 1", &[]).await.map(drop),
+                1 => conn.execute(&insert, &[&2i32]).await.map(drop),
+                2 => conn.batch_execute("SELECT 1").await,
+                3 => conn.mogrify("SELECT $1::int", &[&1i32]).await.map(drop),
+                4 => conn
+                    .cursor("SELECT 1", &[], 10)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map(drop),
+                5 => conn.transaction(|_| Box::pin(async { Ok(()) })).await,
+                _ => conn.query_opt("SELECT 1", &[]).await.map(drop),
+            };
+            outcome.unwrap_or_else(|e| panic!("{name}: method {method}: {e}"));
+            assert_eq!(
+                after_abandon(conn, &table).await,
+                (None, 0),
+                "{name}: method {method}"
+            );
+            pool.batch_execute(&format!("DELETE FROM {table}"))
+                .await
+                .unwrap();
+        }
+    }
+    drop(held);
+    assert!(committed().await.is_empty());
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A transaction closure that panics: its transaction is rolled back, the panic reaches the
+/// caller, and the connection (standalone, or the pool's only one) goes on working.
+pub(crate) async fn panicking_transaction_closure_is_rolled_back(rt: Rt) {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let server = pg::shared();
+    let table = unique(&rt, "panic_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+
+    let mut conn = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    let insert2 = insert.clone();
+    let outcome = AssertUnwindSafe(conn.transaction::<(), _>(move |tx| {
+        Box::pin(async move {
+            tx.execute(&insert2, &[]).await?;
+            panic!("a closure panicking on purpose");
+        })
+    }))
+    .catch_unwind()
+    .await;
+    assert!(outcome.is_err(), "the panic reaches the caller");
+    assert_eq!(
+        after_abandon(&mut conn, &table).await,
+        (None, 0),
+        "[{}] standalone",
+        rt.name()
+    );
+
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let outcome = AssertUnwindSafe(pool.transaction_with::<(), _>(|tx| {
+        let insert = insert.clone();
+        Box::pin(async move {
+            tx.execute(&insert, &[]).await?;
+            panic!("a closure panicking on purpose");
+        })
+    }))
+    .catch_unwind()
+    .await;
+    assert!(outcome.is_err(), "the panic reaches the caller");
+    let row = pool
+        .query_one(
+            &format!(
+                "SELECT pg_backend_pid(), txid_current_if_assigned()::text, \
+                 (SELECT count(*)::int FROM {table})"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i32>(0),
+        pid,
+        "[{}] the same connection",
+        rt.name()
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1),
+        None,
+        "[{}] pooled",
+        rt.name()
+    );
+    assert_eq!(row.get::<_, i32>(2), 0, "[{}] pooled", rt.name());
+    let stats = pool.inner().statistics();
+    assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// `PgPool::transaction_with` cancelled while its closure waits: nothing is committed, and
+/// the connection's next borrower (here through the pool's own statements, which do not look
+/// for an abandoned transaction) is not inside the abandoned transaction.
+pub(crate) async fn cancelled_pool_transaction_leaves_nothing_behind(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "cancelled_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let state = format!(
+        "SELECT pg_backend_pid(), txid_current_if_assigned()::text, \
+         (SELECT count(*)::int FROM {table})"
+    );
+    for round in 0..2 {
+        let cancelled = rt
+            .timeout(
+                Duration::from_millis(200),
+                pool.transaction_with(|tx| {
+                    let insert = insert.clone();
+                    Box::pin(async move {
+                        tx.execute(&insert, &[]).await?;
+                        futures::future::pending::<Result<(), Error>>().await
+                    })
+                }),
+            )
+            .await;
+        assert!(cancelled.is_none(), "the closure was still waiting");
+        let row = if round == 0 {
+            pool.query_one(&state, &[]).await.unwrap()
+        } else {
+            pool.get()
+                .await
+                .unwrap()
+                .query_one(&state, &[])
+                .await
+                .unwrap()
+        };
+        let name = format!("[{}] round {round}", rt.name());
+        assert_eq!(row.get::<_, i32>(0), pid, "{name}: the same connection");
+        assert_eq!(row.get::<_, Option<String>>(1), None, "{name}");
+        assert_eq!(row.get::<_, i32>(2), 0, "{name}: nothing committed");
+    }
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
