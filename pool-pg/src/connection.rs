@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Row, Statement};
 
@@ -598,11 +599,7 @@ impl Connection {
         match tracked!(&self.broken, self.client.query(&stmt, params)) {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
-                self.cache().remove(sql);
-                if in_transaction {
-                    return Err(Failure::sent(Error::PlanInvalidated(err)));
-                }
-                let (stmt, _) = self.prepare_cached(sql).await?;
+                let stmt = self.prepare_again(sql, err, in_transaction).await?;
                 tracked!(&self.broken, self.client.query(&stmt, params)).map_err(|err| {
                     self.note(&err);
                     Failure::sent(err)
@@ -633,22 +630,42 @@ impl Connection {
         }
         match tracked!(&self.broken, self.client.execute(&stmt, params)) {
             Ok(n) => Ok(n),
-            Err(err) if is_plan_invalidated(&err) && !in_transaction => {
-                self.cache().remove(sql);
-                let (stmt, _) = self.prepare_cached(sql).await?;
+            Err(err) if is_plan_invalidated(&err) => {
+                let stmt = self.prepare_again(sql, err, in_transaction).await?;
                 tracked!(&self.broken, self.client.execute(&stmt, params)).map_err(|err| {
                     self.note(&err);
                     Failure::sent(err)
                 })
             }
-            Err(err) if is_plan_invalidated(&err) => {
-                self.cache().remove(sql);
-                Err(Failure::sent(Error::PlanInvalidated(err)))
-            }
             Err(err) => {
                 self.note(&err);
                 Err(Failure::sent(err))
             }
+        }
+    }
+
+    /// After `err` showed the cached plan for `sql` stale: forgets it, and prepares `sql` again
+    /// for one retry, unless the statement ran in a transaction. There the error has aborted
+    /// the transaction, so a retry could only fail (25P02): the caller gets `err` itself, as
+    /// [`Error::PlanInvalidated`]. A transaction the caller opened on their own, which the
+    /// connection may not have noticed (`in_transaction` is false then), shows itself the same
+    /// way: the server refuses to prepare anything in it.
+    async fn prepare_again(
+        &self,
+        sql: &str,
+        err: tokio_postgres::Error,
+        in_transaction: bool,
+    ) -> Result<Statement, Failure> {
+        self.cache().remove(sql);
+        if in_transaction {
+            return Err(Failure::sent(Error::PlanInvalidated(err)));
+        }
+        match self.prepare_cached(sql).await {
+            Ok((stmt, _)) => Ok(stmt),
+            Err(failure) if failure.error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                Err(Failure::sent(Error::PlanInvalidated(err)))
+            }
+            Err(failure) => Err(failure),
         }
     }
 
@@ -708,10 +725,14 @@ impl Connection {
 
     /// Runs a statement and returns its rows.
     ///
+    /// A statement whose cached plan a schema change made stale is prepared again and run
+    /// once more, outside a transaction.
+    ///
     /// # Errors
     ///
     /// [`Error::Postgres`] with the SQLSTATE for SQL errors; a connection loss marks the
-    /// connection so the pool discards it.
+    /// connection so the pool discards it. [`Error::PlanInvalidated`] when the cached plan
+    /// went stale inside a transaction the caller opened (`BEGIN`): nothing is retried there.
     ///
     /// # Cancel safety
     ///
@@ -1592,8 +1613,16 @@ fn render_literals_sql(types: &[Type]) -> String {
     format!("SELECT {}", columns.join(", "))
 }
 
+/// Whether `err` says a prepared statement's plan went stale ("cached plan must not change
+/// result type", after a schema change), the one SQLSTATE 0A000 (feature not supported) error
+/// that preparing again cures. The server function that raises it is checked first: unlike
+/// the message, it is never translated.
 fn is_plan_invalidated(err: &tokio_postgres::Error) -> bool {
-    err.code().map(|c| c.code()) == Some("0A000")
+    err.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::FEATURE_NOT_SUPPORTED
+            && (db.routine() == Some("RevalidateCachedQuery")
+                || db.message() == "cached plan must not change result type")
+    })
 }
 
 fn invalid(e: sql::SqlTextError) -> Error {

@@ -615,9 +615,63 @@ pub(crate) async fn f1_schema_change_invalidates_cached_plan(rt: Rt) {
         .unwrap_err();
     assert!(matches!(err, Error::PlanInvalidated(_)), "{err:?}");
     assert_eq!(pool.execute(&select, &[]).await.unwrap()[0].len(), 3);
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+
+    // A held connection inside the caller's own transaction: the error aborted it, so a
+    // retry could only fail (25P02). The caller gets the plan error itself, whether the
+    // connection saw the transaction start or not (a comment first hides the BEGIN).
+    let mut conn = pool.get().await.unwrap();
+    for (round, begin) in ["BEGIN", "/* the caller's own */ BEGIN"].iter().enumerate() {
+        assert_eq!(conn.query(&select, &[]).await.unwrap()[0].len(), 3 + round);
+        conn.batch_execute(begin).await.unwrap();
+        other
+            .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN d{round} int"))
+            .await
+            .unwrap();
+        let err = match round {
+            0 => conn.query(&select, &[]).await.map(drop).unwrap_err(),
+            _ => conn.execute(&select, &[]).await.map(drop).unwrap_err(),
+        };
+        assert!(
+            matches!(err, Error::PlanInvalidated(_)),
+            "[{}] {begin}: {err:?}",
+            rt.name()
+        );
+        conn.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(conn.query(&select, &[]).await.unwrap()[0].len(), 5);
+    drop(conn);
+
+    // Another 0A000 error is no stale plan: the statement is not run a second time.
+    let seq = format!("{table}_seq");
+    let function = format!("{table}_unsupported");
+    pool.batch_execute(&format!(
+        "DROP SEQUENCE IF EXISTS {seq}; CREATE SEQUENCE {seq}; \
+         CREATE OR REPLACE FUNCTION {function}() RETURNS int LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('{seq}'); \
+         RAISE EXCEPTION 'not supported' USING ERRCODE = 'feature_not_supported'; END $$"
+    ))
+    .await
+    .unwrap();
+    let call = format!("SELECT {function}()");
+    let runs = || async {
+        other
+            .query_one(&format!("SELECT last_value FROM {seq}"), &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let err = pool.execute(&call, &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    assert_eq!(runs().await, 1, "[{}] query: run once", rt.name());
+    let err = pool.execute_count(&call, &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    assert_eq!(runs().await, 2, "[{}] execute: run once", rt.name());
+
+    pool.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {function}; DROP SEQUENCE {seq}"
+    ))
+    .await
+    .unwrap();
 }
 
 pub(crate) async fn statement_deadline_cancels_on_the_server(rt: Rt) {
