@@ -1234,10 +1234,14 @@ impl Connection {
                 self.client.simple_query("").await?;
             }
             Recycling::Clean => {
+                // `DISCARD ALL` in its documented order, minus `DEALLOCATE ALL` and `DISCARD
+                // PLANS` (the statement cache stays valid). `RESET ALL` leaves the session
+                // authorization and the role (`SET ROLE`) alone; `SET SESSION AUTHORIZATION
+                // DEFAULT` resets both to the login's.
                 self.client
                     .batch_execute(
-                        "CLOSE ALL; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
-                         DISCARD TEMP; DISCARD SEQUENCES",
+                        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",
                     )
                     .await?;
                 self.run_session_statements().await?;

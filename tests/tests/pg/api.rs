@@ -466,48 +466,115 @@ pub(crate) async fn c8_waiter_handed_a_connection_mid_transaction_gets_it_clean(
     assert_eq!(pool.inner().statistics().created, 1, "the same connection");
 }
 
+/// `Recycling::Clean` resets whatever a borrower left in the session: one borrower leaves
+/// each item, the next one (on the same backend: the pool's only connection) finds none.
 pub(crate) async fn clean_recycling_resets_session_state(rt: Rt) {
     let server = pg::shared();
+    let name = unique(&rt, "clean");
     let config = server
-        .config(&unique(&rt, "clean"))
+        .config(&name)
         .recycling(Recycling::Clean)
         .session(["SET application_name TO 'clean_session'"]);
     let pool = pool_for(&rt, config, |b| {
         b.max_size(1).validation(momopool::Validation::Always)
     })
     .await;
+    let role = format!("{name}_role");
+    let seq = format!("{name}_seq");
+    pool.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role}; \
+         DROP SEQUENCE IF EXISTS {seq}; CREATE SEQUENCE {seq}"
+    ))
+    .await
+    .unwrap();
+
     let mut conn = pool.get().await.unwrap();
-    conn.batch_execute("SET search_path TO nowhere; CREATE TEMP TABLE scratch (x int)")
-        .await
-        .unwrap();
     let pid = conn.backend_pid();
-    drop(conn);
-    let mut conn = pool.get().await.unwrap();
-    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
-    let path: String = conn
-        .query_one("SHOW search_path", &[])
+    let login: String = conn
+        .query_one("SELECT current_user::text", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(path, "\"$user\", public");
-    let temp: i64 = conn
+    for statement in [
+        "CREATE TEMP TABLE scratch (x int)".to_string(),
+        "DECLARE held CURSOR WITH HOLD FOR SELECT 1".to_string(),
+        format!("LISTEN {name}"),
+        format!("SELECT pg_advisory_lock(hashtext('{name}'))"),
+        format!("SELECT nextval('{seq}')"),
+        "SET search_path TO nowhere".to_string(),
+        format!("SET ROLE {role}"),
+    ] {
+        conn.batch_execute(&statement).await.unwrap();
+    }
+    drop(conn);
+
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
+    let row = conn
         .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname = 'scratch'",
+            "SELECT current_setting('search_path'), \
+             to_regclass('pg_temp.scratch') IS NULL, \
+             (SELECT count(*)::int FROM pg_cursors WHERE name = 'held'), \
+             (SELECT count(*)::int FROM pg_listening_channels()), \
+             (SELECT count(*)::int FROM pg_locks \
+              WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             current_user::text, session_user::text, current_setting('application_name')",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(temp, 0, "temporary tables are gone");
-    let app: String = conn
-        .query_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let who = rt.name();
     assert_eq!(
-        app, "clean_session",
-        "session statements re-applied after the reset"
+        row.get::<_, String>(0),
+        "\"$user\", public",
+        "[{who}] settings"
     );
+    assert!(row.get::<_, bool>(1), "[{who}] temporary tables are gone");
+    assert_eq!(row.get::<_, i32>(2), 0, "[{who}] cursors are closed");
+    assert_eq!(row.get::<_, i32>(3), 0, "[{who}] nothing is listened to");
+    assert_eq!(
+        row.get::<_, i32>(4),
+        0,
+        "[{who}] advisory locks are released"
+    );
+    assert_eq!(row.get::<_, String>(5), login, "[{who}] the role is reset");
+    assert_eq!(row.get::<_, String>(6), login, "[{who}] session user");
+    assert_eq!(
+        row.get::<_, String>(7),
+        "clean_session",
+        "[{who}] session statements re-applied after the reset"
+    );
+    let err = conn
+        .query_one(&format!("SELECT currval('{seq}')"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("55000"),
+        "[{who}] sequence state is discarded: {err}"
+    );
+
+    // The session authorization too.
+    conn.batch_execute(&format!("SET SESSION AUTHORIZATION {role}"))
+        .await
+        .unwrap();
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
+    let row = conn
+        .query_one("SELECT current_user::text, session_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), login, "[{who}] current user");
+    assert_eq!(
+        row.get::<_, String>(1),
+        login,
+        "[{who}] session authorization"
+    );
+    drop(conn);
+    pool.batch_execute(&format!("DROP ROLE {role}; DROP SEQUENCE {seq}"))
+        .await
+        .unwrap();
 }
 
 pub(crate) async fn transaction_closure_commits_and_rolls_back(rt: Rt) {
