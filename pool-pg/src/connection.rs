@@ -10,6 +10,7 @@ use crate::config::{PgConfig, Recycling, Target};
 use crate::error::{Error, pg_connection_lost};
 use crate::runtime::{PgRuntime, Probe, Socket};
 use crate::sql;
+use crate::stream::{CopyInSink, CopyOutStream, RowStream};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -274,6 +275,9 @@ pub struct Connection {
     /// A transaction closure's future was dropped half-way: its transaction is still open on
     /// the server, and is rolled back before the connection runs anything else.
     abandoned_transaction: bool,
+    /// The raw client was handed out ([`Connection::client`]): the pool discards the
+    /// connection when it comes back.
+    raw_client: bool,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -438,6 +442,7 @@ impl Connection {
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             abandoned_transaction: false,
+            raw_client: false,
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -504,6 +509,12 @@ impl Connection {
             || self.driver.closed.load(Ordering::SeqCst)
     }
 
+    /// Whether the pool must not hand the connection on: it is closed or broken, or its raw
+    /// client was handed out.
+    pub(crate) fn must_discard(&self) -> bool {
+        self.raw_client || self.is_closed()
+    }
+
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
     }
@@ -527,9 +538,15 @@ impl Connection {
         self.driver.server_gone.load(Ordering::SeqCst)
     }
 
-    /// The tokio-postgres client underneath, for anything not offered here. The pool then
-    /// no longer knows the session state, so it rolls back and checks the connection before
-    /// its next user gets it.
+    /// The tokio-postgres client underneath, for anything not offered here.
+    ///
+    /// Nothing can tell whether what was done with it is over: a `RowStream` or a `COPY`
+    /// stream or sink it returned lives on after the connection goes back to the pool, and
+    /// the rest of its answer would hold up the connection's next user. So a pooled
+    /// connection whose client was handed out is closed when it goes back, never reused
+    /// (a standalone one goes on working). For streaming without that cost, use
+    /// [`query_stream`](Connection::query_stream), [`copy_out`](Connection::copy_out) and
+    /// [`copy_in`](Connection::copy_in), which keep the connection reusable.
     ///
     /// # Examples
     ///
@@ -539,7 +556,7 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn client(&mut self) -> &Client {
-        self.set_dirty(true);
+        self.raw_client = true;
         &self.client
     }
 
@@ -858,6 +875,148 @@ impl Connection {
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.end_abandoned_transaction().await?;
         Self::settle(self.try_batch(sql).await)
+    }
+
+    /// Runs a statement and streams its rows as they arrive, where [`query`](Connection::query)
+    /// collects them first: for results too large to hold at once. The stream borrows the
+    /// connection until dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), when the statement cannot start; the stream
+    /// yields an error (then ends) if one arrives later.
+    ///
+    /// # Cancel safety
+    ///
+    /// The rest of the rows would still be on their way after the future or the stream is
+    /// dropped before the end: the connection is then marked broken (a pooled one is closed
+    /// rather than reused, a standalone one refuses further statements).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::TryStreamExt;
+    ///
+    /// let rows = conn.query_stream("SELECT id FROM jobs WHERE done = $1", &[&false]).await?;
+    /// let ids: Vec<i32> = rows.map_ok(|row| row.get::<_, i32>(0)).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_stream(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<RowStream<'_>, Error> {
+        self.end_abandoned_transaction().await?;
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        let started = if self.config.unnamed_statements {
+            if sql::may_open_transaction(sql) {
+                self.set_dirty(true);
+            }
+            let typed = params.iter().copied().zip(infer_types(params)?);
+            tracked!(&self.broken, self.client.query_typed_raw(sql, typed))
+        } else {
+            let (stmt, opens_transaction) = Self::settle(self.prepare_cached(sql).await)?;
+            if opens_transaction {
+                self.set_dirty(true);
+            }
+            let params = params.iter().copied();
+            match tracked!(&self.broken, self.client.query_raw(&stmt, params.clone())) {
+                Err(err) if is_plan_invalidated(&err) => {
+                    let stmt = Self::settle(self.prepare_again(sql, err, false).await)?;
+                    tracked!(&self.broken, self.client.query_raw(&stmt, params))
+                }
+                started => started,
+            }
+        };
+        match started {
+            Ok(rows) => Ok(RowStream::new(rows, self)),
+            Err(err) => {
+                self.note(&err);
+                Self::settle(Err(Failure::sent(err)))
+            }
+        }
+    }
+
+    /// Runs a `COPY ... TO STDOUT` statement and streams its data as it arrives. The stream
+    /// borrows the connection until dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), when the statement cannot start; the stream
+    /// yields an error (then ends) if one arrives later.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query_stream`](Connection::query_stream): dropped before the end, the
+    /// connection is marked broken.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::TryStreamExt;
+    ///
+    /// let data = conn.copy_out("COPY (SELECT 1, 'one') TO STDOUT").await?;
+    /// let chunks: Vec<_> = data.try_collect().await?;
+    /// assert_eq!(chunks.concat(), b"1\tone\n");
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOutStream<'_>, Error> {
+        self.end_abandoned_transaction().await?;
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        match tracked!(&self.broken, self.client.copy_out(sql)) {
+            Ok(data) => Ok(CopyOutStream::new(data, self)),
+            Err(err) => {
+                self.note(&err);
+                Self::settle(Err(Failure::sent(err)))
+            }
+        }
+    }
+
+    /// Runs a `COPY ... FROM STDIN` statement and returns the sink its data goes to: send
+    /// the data, then [`finish`](CopyInSink::finish) it. The sink borrows the connection
+    /// until dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), when the statement cannot start.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future, or the sink before it is finished, aborts the `COPY` and marks
+    /// the connection broken.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::SinkExt;
+    ///
+    /// let mut sink = conn.copy_in("COPY jobs (id, name) FROM STDIN").await?;
+    /// sink.send(&b"1\tresize images\n2\tsend mail\n"[..]).await?;
+    /// assert_eq!(sink.finish().await?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_in<T>(&mut self, sql: &str) -> Result<CopyInSink<'_, T>, Error>
+    where
+        T: bytes::Buf + Send + 'static,
+    {
+        self.end_abandoned_transaction().await?;
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        match tracked!(&self.broken, self.client.copy_in(sql)) {
+            Ok(sink) => Ok(CopyInSink::new(sink, self)),
+            Err(err) => {
+                self.note(&err);
+                Self::settle(Err(Failure::sent(err)))
+            }
+        }
     }
 
     /// Calls a function and returns its rows, like Momoko's `callproc`: `name` may be

@@ -1180,3 +1180,185 @@ pub(crate) async fn cancelled_pool_transaction_leaves_nothing_behind(rt: Rt) {
         .await
         .unwrap();
 }
+
+/// `copy_in`, `copy_out` and `query_stream` run to their end: the data goes round, and the
+/// connection is reused.
+pub(crate) async fn copy_and_row_streams_round_trip(rt: Rt) {
+    use futures::SinkExt;
+    let server = pg::shared();
+    let table = unique(&rt, "copy_round_trip");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(1)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int, s text)"
+    ))
+    .await
+    .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let pid = conn.backend_pid();
+
+    let mut sink = conn
+        .copy_in(&format!("COPY {table} (x, s) FROM STDIN"))
+        .await
+        .unwrap();
+    sink.send(&b"1\tone\n2\ttwo\n"[..]).await.unwrap();
+    sink.send(&b"3\tthree\n"[..]).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+    // Closing the sink finishes it too.
+    let mut sink = conn
+        .copy_in(&format!("COPY {table} (x, s) FROM STDIN"))
+        .await
+        .unwrap();
+    sink.send(&b"4\tfour\n"[..]).await.unwrap();
+    sink.close().await.unwrap();
+    drop(sink);
+
+    let data: Vec<_> = conn
+        .copy_out(&format!(
+            "COPY (SELECT * FROM {table} ORDER BY x) TO STDOUT"
+        ))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(data.concat(), b"1\tone\n2\ttwo\n3\tthree\n4\tfour\n");
+
+    let rows: Vec<_> = conn
+        .query_stream(
+            &format!("SELECT s FROM {table} WHERE x > $1 ORDER BY x"),
+            &[&2i32],
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let words: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(words, ["three", "four"]);
+
+    // Refused data ends the COPY with the server's error, and the connection goes on.
+    let mut sink = conn
+        .copy_in(&format!("COPY {table} (x, s) FROM STDIN"))
+        .await
+        .unwrap();
+    sink.send(&b"five\tfive\n"[..]).await.unwrap();
+    let err = sink.finish().await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err}");
+    // An error after the first rows ends the stream, and the connection goes on too.
+    let err = conn
+        .query_stream("SELECT 1 / (3 - x) FROM generate_series(1, 5) x", &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22012"), "{err}");
+
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        conn.backend_pid(),
+        pid,
+        "[{}] the connection is reused",
+        rt.name()
+    );
+    let n: i64 = conn
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+    drop(conn);
+    let stats = pool.inner().statistics();
+    assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A connection given back in the middle of a row stream or a `COPY`, or after its raw
+/// client was handed out, is closed rather than reused: its next borrower never waits behind
+/// someone else's results.
+pub(crate) async fn unfinished_streams_and_raw_clients_are_not_handed_on(rt: Rt) {
+    use futures::SinkExt;
+    let server = pg::shared();
+    let table = unique(&rt, "unfinished_streams");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let lots = "COPY (SELECT generate_series(1, 1000000)) TO STDOUT";
+    let broken = || pool.inner().statistics().closed.get(Removal::Broken);
+    let mut closed = 0;
+    for case in ["copy_out", "query_stream", "copy_in", "client"] {
+        let mut conn = pool.get().await.unwrap();
+        let pid = conn.backend_pid();
+        // For the raw client: its stream outlives the connection's return, unread.
+        let mut raw = None;
+        match case {
+            "copy_out" => {
+                let mut data = conn.copy_out(lots).await.unwrap();
+                assert!(!data.next().await.unwrap().unwrap().is_empty());
+            }
+            "query_stream" => {
+                let mut rows = conn
+                    .query_stream("SELECT generate_series(1, 1000000)", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(rows.next().await.unwrap().unwrap().get::<_, i32>(0), 1);
+            }
+            "copy_in" => {
+                let mut sink = conn
+                    .copy_in(&format!("COPY {table} FROM STDIN"))
+                    .await
+                    .unwrap();
+                sink.send(&b"1\n"[..]).await.unwrap();
+            }
+            _ => {
+                let data = conn.client().copy_out(lots).await.unwrap();
+                let mut data = Box::pin(data);
+                assert!(!data.next().await.unwrap().unwrap().is_empty());
+                raw = Some(data);
+            }
+        }
+        drop(conn);
+        closed += 1;
+        let started = Instant::now();
+        let next: i32 = pool
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let took = started.elapsed();
+        let name = format!("[{}] {case}", rt.name());
+        assert_ne!(next, pid, "{name}: a new connection");
+        assert!(
+            took < Duration::from_secs(2),
+            "{name}: the next call took {took:?}"
+        );
+        assert_eq!(broken(), closed, "{name}");
+        drop(raw);
+    }
+    let n: i64 = pool
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the unfinished COPY wrote nothing");
+
+    // A standalone connection goes on working after using its raw client.
+    let mut conn = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    conn.client().simple_query("SELECT 1").await.unwrap();
+    let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}

@@ -70,6 +70,8 @@ momopool_tests::matrix!(
     tls_connections_are_encrypted,
     discarded_connection_with_request_in_flight_closes,
     abandoned_statement_is_not_handed_on,
+    copy_and_row_streams_round_trip,
+    unfinished_streams_and_raw_clients_are_not_handed_on,
     shared_mode_pipelines_on_few_connections,
     shared_mode_slow_statement_does_not_stall_new_callers,
     shared_mode_deadlines,
