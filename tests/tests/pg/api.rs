@@ -968,6 +968,7 @@ async fn after_abandon(conn: &mut Connection, table: &str) -> (Option<String>, i
 /// next statement, whichever method sends it, rolls it back first. On a standalone
 /// connection and on a held pooled one.
 pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
+    use futures::SinkExt;
     let server = pg::shared();
     let table = unique(&rt, "abandoned_tx");
     let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
@@ -1006,7 +1007,7 @@ pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
 
         // Every statement method: the abandoned transaction failed, so without the
         // ROLLBACK each would be refused (25P02).
-        for method in 0..7 {
+        for method in 0..10 {
             abandon_transaction(&rt, conn, &insert, 1, true).await;
             let outcome = match method {
                 0 => conn.query("SELECT 1", &[]).await.map(drop),
@@ -1019,6 +1020,24 @@ pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
                     .await
                     .map(drop),
                 5 => conn.transaction(|_| Box::pin(async { Ok(()) })).await,
+                6 => match conn.query_stream("SELECT 1", &[]).await {
+                    Ok(rows) => rows.try_collect::<Vec<_>>().await.map(drop),
+                    Err(err) => Err(err),
+                },
+                7 => match conn.copy_out("COPY (SELECT 1) TO STDOUT").await {
+                    Ok(data) => data.try_collect::<Vec<_>>().await.map(drop),
+                    Err(err) => Err(err),
+                },
+                8 => {
+                    let copy = format!("COPY {table} (x) FROM STDIN");
+                    match conn.copy_in(&copy).await {
+                        Ok(mut sink) => match sink.send(&b"2\n"[..]).await {
+                            Ok(()) => sink.finish().await.map(drop),
+                            Err(err) => Err(err),
+                        },
+                        Err(err) => Err(err),
+                    }
+                }
                 _ => conn.query_opt("SELECT 1", &[]).await.map(drop),
             };
             outcome.unwrap_or_else(|e| panic!("{name}: method {method}: {e}"));
