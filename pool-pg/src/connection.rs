@@ -10,6 +10,7 @@ use crate::config::{PgConfig, Recycling, Target};
 use crate::error::{Error, pg_connection_lost};
 use crate::runtime::{PgRuntime, Probe, Socket};
 use crate::sql;
+use crate::stream::{CopyInSink, CopyOutStream, RowStream};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_postgres::config::TargetSessionAttrs;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Row, Statement};
 
@@ -271,6 +273,12 @@ pub struct Connection {
     dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
+    /// A transaction closure's future was dropped half-way: its transaction is still open on
+    /// the server, and is rolled back before the connection runs anything else.
+    abandoned_transaction: bool,
+    /// The raw client was handed out ([`Connection::client`]): the pool discards the
+    /// connection when it comes back.
+    raw_client: bool,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -463,6 +471,8 @@ impl Connection {
             backend_pid: 0,
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            abandoned_transaction: false,
+            raw_client: false,
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -529,6 +539,12 @@ impl Connection {
             || self.driver.closed.load(Ordering::SeqCst)
     }
 
+    /// Whether the pool must not hand the connection on: it is closed or broken, or its raw
+    /// client was handed out.
+    pub(crate) fn must_discard(&self) -> bool {
+        self.raw_client || self.is_closed()
+    }
+
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
     }
@@ -552,9 +568,15 @@ impl Connection {
         self.driver.server_gone.load(Ordering::SeqCst)
     }
 
-    /// The tokio-postgres client underneath, for anything not offered here. The pool then
-    /// no longer knows the session state, so it rolls back and checks the connection before
-    /// its next user gets it.
+    /// The tokio-postgres client underneath, for anything not offered here.
+    ///
+    /// Nothing can tell whether what was done with it is over: a `RowStream` or a `COPY`
+    /// stream or sink it returned lives on after the connection goes back to the pool, and
+    /// the rest of its answer would hold up the connection's next user. So a pooled
+    /// connection whose client was handed out is closed when it goes back, never reused
+    /// (a standalone one goes on working). For streaming without that cost, use
+    /// [`query_stream`](Connection::query_stream), [`copy_out`](Connection::copy_out) and
+    /// [`copy_in`](Connection::copy_in), which keep the connection reusable.
     ///
     /// # Examples
     ///
@@ -564,7 +586,7 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub fn client(&mut self) -> &Client {
-        self.set_dirty(true);
+        self.raw_client = true;
         &self.client
     }
 
@@ -624,11 +646,7 @@ impl Connection {
         match tracked!(&self.broken, self.client.query(&stmt, params)) {
             Ok(rows) => Ok(rows),
             Err(err) if is_plan_invalidated(&err) => {
-                self.cache().remove(sql);
-                if in_transaction {
-                    return Err(Failure::sent(Error::PlanInvalidated(err)));
-                }
-                let (stmt, _) = self.prepare_cached(sql).await?;
+                let stmt = self.prepare_again(sql, err, in_transaction).await?;
                 tracked!(&self.broken, self.client.query(&stmt, params)).map_err(|err| {
                     self.note(&err);
                     Failure::sent(err)
@@ -659,22 +677,42 @@ impl Connection {
         }
         match tracked!(&self.broken, self.client.execute(&stmt, params)) {
             Ok(n) => Ok(n),
-            Err(err) if is_plan_invalidated(&err) && !in_transaction => {
-                self.cache().remove(sql);
-                let (stmt, _) = self.prepare_cached(sql).await?;
+            Err(err) if is_plan_invalidated(&err) => {
+                let stmt = self.prepare_again(sql, err, in_transaction).await?;
                 tracked!(&self.broken, self.client.execute(&stmt, params)).map_err(|err| {
                     self.note(&err);
                     Failure::sent(err)
                 })
             }
-            Err(err) if is_plan_invalidated(&err) => {
-                self.cache().remove(sql);
-                Err(Failure::sent(Error::PlanInvalidated(err)))
-            }
             Err(err) => {
                 self.note(&err);
                 Err(Failure::sent(err))
             }
+        }
+    }
+
+    /// After `err` showed the cached plan for `sql` stale: forgets it, and prepares `sql` again
+    /// for one retry, unless the statement ran in a transaction. There the error has aborted
+    /// the transaction, so a retry could only fail (25P02): the caller gets `err` itself, as
+    /// [`Error::PlanInvalidated`]. A transaction the caller opened on their own, which the
+    /// connection may not have noticed (`in_transaction` is false then), shows itself the same
+    /// way: the server refuses to prepare anything in it.
+    async fn prepare_again(
+        &self,
+        sql: &str,
+        err: tokio_postgres::Error,
+        in_transaction: bool,
+    ) -> Result<Statement, Failure> {
+        self.cache().remove(sql);
+        if in_transaction {
+            return Err(Failure::sent(Error::PlanInvalidated(err)));
+        }
+        match self.prepare_cached(sql).await {
+            Ok((stmt, _)) => Ok(stmt),
+            Err(failure) if failure.error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+                Err(Failure::sent(Error::PlanInvalidated(err)))
+            }
+            Err(failure) => Err(failure),
         }
     }
 
@@ -717,12 +755,31 @@ impl Connection {
         })
     }
 
+    /// Rolls back the transaction of a closure whose future was dropped half-way (see
+    /// [`transaction`](Connection::transaction)), if there is one: what every statement
+    /// method of the connection does first. The caller's statement is not sent when this
+    /// fails.
+    async fn end_abandoned_transaction(&mut self) -> Result<(), Error> {
+        if self.abandoned_transaction {
+            self.try_batch("ROLLBACK")
+                .await
+                .map_err(|failure| failure.error)?;
+            self.abandoned_transaction = false;
+            self.set_dirty(false);
+        }
+        Ok(())
+    }
+
     /// Runs a statement and returns its rows.
+    ///
+    /// A statement whose cached plan a schema change made stale is prepared again and run
+    /// once more, outside a transaction.
     ///
     /// # Errors
     ///
     /// [`Error::Postgres`] with the SQLSTATE for SQL errors; a connection loss marks the
-    /// connection so the pool discards it.
+    /// connection so the pool discards it. [`Error::PlanInvalidated`] when the cached plan
+    /// went stale inside a transaction the caller opened (`BEGIN`): nothing is retried there.
     ///
     /// # Cancel safety
     ///
@@ -743,6 +800,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_query(sql, params, false).await)
     }
 
@@ -822,6 +880,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_execute(sql, params, false).await)
     }
 
@@ -844,7 +903,150 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_batch(sql).await)
+    }
+
+    /// Runs a statement and streams its rows as they arrive, where [`query`](Connection::query)
+    /// collects them first: for results too large to hold at once. The stream borrows the
+    /// connection until dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), when the statement cannot start; the stream
+    /// yields an error (then ends) if one arrives later.
+    ///
+    /// # Cancel safety
+    ///
+    /// The rest of the rows would still be on their way after the future or the stream is
+    /// dropped before the end: the connection is then marked broken (a pooled one is closed
+    /// rather than reused, a standalone one refuses further statements).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::TryStreamExt;
+    ///
+    /// let rows = conn.query_stream("SELECT id FROM jobs WHERE done = $1", &[&false]).await?;
+    /// let ids: Vec<i32> = rows.map_ok(|row| row.get::<_, i32>(0)).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_stream(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<RowStream<'_>, Error> {
+        self.end_abandoned_transaction().await?;
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        let started = if self.config.unnamed_statements {
+            if sql::may_open_transaction(sql) {
+                self.set_dirty(true);
+            }
+            let typed = params.iter().copied().zip(infer_types(params)?);
+            tracked!(&self.broken, self.client.query_typed_raw(sql, typed))
+        } else {
+            let (stmt, opens_transaction) = Self::settle(self.prepare_cached(sql).await)?;
+            if opens_transaction {
+                self.set_dirty(true);
+            }
+            let params = params.iter().copied();
+            match tracked!(&self.broken, self.client.query_raw(&stmt, params.clone())) {
+                Err(err) if is_plan_invalidated(&err) => {
+                    let stmt = Self::settle(self.prepare_again(sql, err, false).await)?;
+                    tracked!(&self.broken, self.client.query_raw(&stmt, params))
+                }
+                started => started,
+            }
+        };
+        match started {
+            Ok(rows) => Ok(RowStream::new(rows, self)),
+            Err(err) => {
+                self.note(&err);
+                Self::settle(Err(Failure::sent(err)))
+            }
+        }
+    }
+
+    /// Runs a `COPY ... TO STDOUT` statement and streams its data as it arrives. The stream
+    /// borrows the connection until dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), when the statement cannot start; the stream
+    /// yields an error (then ends) if one arrives later.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query_stream`](Connection::query_stream): dropped before the end, the
+    /// connection is marked broken.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::TryStreamExt;
+    ///
+    /// let data = conn.copy_out("COPY (SELECT 1, 'one') TO STDOUT").await?;
+    /// let chunks: Vec<_> = data.try_collect().await?;
+    /// assert_eq!(chunks.concat(), b"1\tone\n");
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOutStream<'_>, Error> {
+        self.end_abandoned_transaction().await?;
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        match tracked!(&self.broken, self.client.copy_out(sql)) {
+            Ok(data) => Ok(CopyOutStream::new(data, self)),
+            Err(err) => {
+                self.note(&err);
+                Self::settle(Err(Failure::sent(err)))
+            }
+        }
+    }
+
+    /// Runs a `COPY ... FROM STDIN` statement and returns the sink its data goes to: send
+    /// the data, then [`finish`](CopyInSink::finish) it. The sink borrows the connection
+    /// until dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query), when the statement cannot start.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future, or the sink before it is finished, aborts the `COPY` and marks
+    /// the connection broken.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::SinkExt;
+    ///
+    /// let mut sink = conn.copy_in("COPY jobs (id, name) FROM STDIN").await?;
+    /// sink.send(&b"1\tresize images\n2\tsend mail\n"[..]).await?;
+    /// assert_eq!(sink.finish().await?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_in<T>(&mut self, sql: &str) -> Result<CopyInSink<'_, T>, Error>
+    where
+        T: bytes::Buf + Send + 'static,
+    {
+        self.end_abandoned_transaction().await?;
+        if self.is_closed() {
+            return Err(closed_error(&self.client).await);
+        }
+        match tracked!(&self.broken, self.client.copy_in(sql)) {
+            Ok(sink) => Ok(CopyInSink::new(sink, self)),
+            Err(err) => {
+                self.note(&err);
+                Self::settle(Err(Failure::sent(err)))
+            }
+        }
     }
 
     /// Calls a function and returns its rows, like Momoko's `callproc`: `name` may be
@@ -908,6 +1110,7 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<String, Error> {
+        self.end_abandoned_transaction().await?;
         Self::settle(self.try_mogrify(sql, params).await)
     }
 
@@ -1006,18 +1209,19 @@ impl Connection {
             client,
             dirty,
             broken,
+            abandoned_transaction,
             ..
         } = self;
         let (dirty, broken) = (&*dirty, &*broken);
         dirty.store(true, Ordering::Relaxed);
         enum State<'t> {
-            Start(&'t mut Client),
+            Start(&'t mut Client, &'t mut bool),
             Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
             Done,
         }
         let chunk = chunk.max(1);
         let pages = futures::stream::unfold(
-            (State::Start(client), dirty, broken),
+            (State::Start(client, abandoned_transaction), dirty, broken),
             move |(state, dirty, broken)| async move {
                 let fail = |err: tokio_postgres::Error, broken: &AtomicBool| {
                     if pg_connection_lost(&err) {
@@ -1027,7 +1231,15 @@ impl Connection {
                 };
                 let (tx, portal) = match state {
                     State::Done => return None,
-                    State::Start(client) => {
+                    State::Start(client, abandoned_transaction) => {
+                        if *abandoned_transaction {
+                            let rollback = client.batch_execute("ROLLBACK");
+                            if let Err(err) = tracked!(broken, rollback) {
+                                let err = fail(err, broken);
+                                return Some((Err(err), (State::Done, dirty, broken)));
+                            }
+                            *abandoned_transaction = false;
+                        }
                         let tx = match client.transaction().await {
                             Ok(tx) => tx,
                             Err(err) => {
@@ -1085,8 +1297,11 @@ impl Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future rolls the transaction back (the `ROLLBACK` is sent before the
-    /// connection serves anyone else).
+    /// Dropping the future rolls the transaction back. Dropped while the closure waits between
+    /// statements, the transaction stays open on the server until the connection's next use:
+    /// the `ROLLBACK` is sent before anything else it runs (its next statement, or the pool's
+    /// check when a pooled connection goes back). Dropped with a statement in flight, the
+    /// connection is marked broken instead (a pooled one is closed rather than reused).
     ///
     /// # Examples
     ///
@@ -1119,17 +1334,27 @@ impl Connection {
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
+        self.end_abandoned_transaction()
+            .await
+            .map_err(Failure::unsent)?;
         self.set_dirty(true);
         self.try_batch("BEGIN").await.map_err(|mut failure| {
             // Nothing of the caller's ran yet.
             failure.sent = false;
             failure
         })?;
+        // Set while the caller's closure runs. Dropped there, between statements, this future
+        // leaves the transaction open on the server, and no ROLLBACK can be sent from a
+        // destructor: the connection's next statement sends it first. (Everything else this
+        // method awaits is a tracked request: dropped half-way, it marks the connection
+        // broken.)
+        self.abandoned_transaction = true;
         let outcome = {
             let mut tx = Transaction { conn: self };
             let fut = f(&mut tx);
             futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
         };
+        self.abandoned_transaction = false;
         match outcome {
             Ok(Ok(value)) => {
                 self.try_batch("COMMIT").await?;
@@ -1187,8 +1412,9 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
-        if self.is_dirty() {
+        if self.is_dirty() || self.abandoned_transaction {
             self.client.batch_execute("ROLLBACK").await?;
+            self.abandoned_transaction = false;
         }
         let recycling = self.config.recycling.clone();
         match recycling {
@@ -1197,10 +1423,14 @@ impl Connection {
                 self.client.simple_query("").await?;
             }
             Recycling::Clean => {
+                // `DISCARD ALL` in its documented order, minus `DEALLOCATE ALL` and `DISCARD
+                // PLANS` (the statement cache stays valid). `RESET ALL` leaves the session
+                // authorization and the role (`SET ROLE`) alone; `SET SESSION AUTHORIZATION
+                // DEFAULT` resets both to the login's.
                 self.client
                     .batch_execute(
-                        "CLOSE ALL; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); \
-                         DISCARD TEMP; DISCARD SEQUENCES",
+                        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+                         SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES",
                     )
                     .await?;
                 self.run_session_statements().await?;
@@ -1473,7 +1703,7 @@ impl Transaction<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        self.conn.batch_execute(sql).await
+        Connection::settle(self.conn.try_batch(sql).await)
     }
 }
 
@@ -1576,8 +1806,16 @@ fn render_literals_sql(types: &[Type]) -> String {
     format!("SELECT {}", columns.join(", "))
 }
 
+/// Whether `err` says a prepared statement's plan went stale ("cached plan must not change
+/// result type", after a schema change), the one SQLSTATE 0A000 (feature not supported) error
+/// that preparing again cures. The server function that raises it is checked first: unlike
+/// the message, it is never translated.
 fn is_plan_invalidated(err: &tokio_postgres::Error) -> bool {
-    err.code().map(|c| c.code()) == Some("0A000")
+    err.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::FEATURE_NOT_SUPPORTED
+            && (db.routine() == Some("RevalidateCachedQuery")
+                || db.message() == "cached plan must not change result type")
+    })
 }
 
 fn invalid(e: sql::SqlTextError) -> Error {

@@ -10,6 +10,7 @@ mod pool;
 mod runtime;
 mod shared;
 mod sql;
+mod stream;
 pub mod throwaway;
 
 pub use config::{PgConfig, Recycling};
@@ -19,6 +20,7 @@ pub use manager::PgManager;
 pub use pool::{CallOptions, Calls, Listener, Params, PgPool, PgPoolBuilder};
 pub use runtime::{PgRuntime, Socket, default_runtime};
 pub use shared::SharedMode;
+pub use stream::{CopyInSink, CopyOutStream, RowStream};
 
 /// The tokio-postgres crate this one is built on, re-exported so that rows, types and
 /// parameters come from the same version: statements take `&(dyn ToSql + Sync)` parameters

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 ///   through [`Manager::configured`]), so a host that never answers leaves time for the next;
 /// - **check** rolls back a connection returned in an unknown state, then applies the
 ///   [`Recycling`](crate::Recycling) method;
-/// - **is_broken** is true for a closed connection or one a statement found dead;
+/// - **is_broken** is true for a closed connection, one a statement found dead or one
+///   abandoned in the middle of a request, and one whose raw client was handed out
+///   ([`Connection::client`](crate::Connection::client)): it is closed, not reused;
 /// - **needs_check** is true for a connection in an unknown session state, or whose socket
 ///   holds input nobody asked for (perhaps the FATAL of a server shutdown, still unread),
 ///   found by a non-blocking peek: then the check runs before reuse. A connection handed
@@ -134,7 +136,7 @@ impl Manager for PgManager {
     }
 
     fn is_broken(&self, conn: &mut Connection) -> bool {
-        conn.is_closed()
+        conn.must_discard()
     }
 
     fn needs_check(&self, conn: &mut Connection) -> bool {

@@ -481,48 +481,115 @@ pub(crate) async fn c8_waiter_handed_a_connection_mid_transaction_gets_it_clean(
     assert_eq!(pool.inner().statistics().created, 1, "the same connection");
 }
 
+/// `Recycling::Clean` resets whatever a borrower left in the session: one borrower leaves
+/// each item, the next one (on the same backend: the pool's only connection) finds none.
 pub(crate) async fn clean_recycling_resets_session_state(rt: Rt) {
     let server = pg::shared();
+    let name = unique(&rt, "clean");
     let config = server
-        .config(&unique(&rt, "clean"))
+        .config(&name)
         .recycling(Recycling::Clean)
         .session(["SET application_name TO 'clean_session'"]);
     let pool = pool_for(&rt, config, |b| {
         b.max_size(1).validation(momopool::Validation::Always)
     })
     .await;
+    let role = format!("{name}_role");
+    let seq = format!("{name}_seq");
+    pool.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role}; \
+         DROP SEQUENCE IF EXISTS {seq}; CREATE SEQUENCE {seq}"
+    ))
+    .await
+    .unwrap();
+
     let mut conn = pool.get().await.unwrap();
-    conn.batch_execute("SET search_path TO nowhere; CREATE TEMP TABLE scratch (x int)")
-        .await
-        .unwrap();
     let pid = conn.backend_pid();
-    drop(conn);
-    let mut conn = pool.get().await.unwrap();
-    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
-    let path: String = conn
-        .query_one("SHOW search_path", &[])
+    let login: String = conn
+        .query_one("SELECT current_user::text", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(path, "\"$user\", public");
-    let temp: i64 = conn
+    for statement in [
+        "CREATE TEMP TABLE scratch (x int)".to_string(),
+        "DECLARE held CURSOR WITH HOLD FOR SELECT 1".to_string(),
+        format!("LISTEN {name}"),
+        format!("SELECT pg_advisory_lock(hashtext('{name}'))"),
+        format!("SELECT nextval('{seq}')"),
+        "SET search_path TO nowhere".to_string(),
+        format!("SET ROLE {role}"),
+    ] {
+        conn.batch_execute(&statement).await.unwrap();
+    }
+    drop(conn);
+
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
+    let row = conn
         .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname = 'scratch'",
+            "SELECT current_setting('search_path'), \
+             to_regclass('pg_temp.scratch') IS NULL, \
+             (SELECT count(*)::int FROM pg_cursors WHERE name = 'held'), \
+             (SELECT count(*)::int FROM pg_listening_channels()), \
+             (SELECT count(*)::int FROM pg_locks \
+              WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             current_user::text, session_user::text, current_setting('application_name')",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(temp, 0, "temporary tables are gone");
-    let app: String = conn
-        .query_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let who = rt.name();
     assert_eq!(
-        app, "clean_session",
-        "session statements re-applied after the reset"
+        row.get::<_, String>(0),
+        "\"$user\", public",
+        "[{who}] settings"
     );
+    assert!(row.get::<_, bool>(1), "[{who}] temporary tables are gone");
+    assert_eq!(row.get::<_, i32>(2), 0, "[{who}] cursors are closed");
+    assert_eq!(row.get::<_, i32>(3), 0, "[{who}] nothing is listened to");
+    assert_eq!(
+        row.get::<_, i32>(4),
+        0,
+        "[{who}] advisory locks are released"
+    );
+    assert_eq!(row.get::<_, String>(5), login, "[{who}] the role is reset");
+    assert_eq!(row.get::<_, String>(6), login, "[{who}] session user");
+    assert_eq!(
+        row.get::<_, String>(7),
+        "clean_session",
+        "[{who}] session statements re-applied after the reset"
+    );
+    let err = conn
+        .query_one(&format!("SELECT currval('{seq}')"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("55000"),
+        "[{who}] sequence state is discarded: {err}"
+    );
+
+    // The session authorization too.
+    conn.batch_execute(&format!("SET SESSION AUTHORIZATION {role}"))
+        .await
+        .unwrap();
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(conn.backend_pid(), pid, "the same connection, reset");
+    let row = conn
+        .query_one("SELECT current_user::text, session_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), login, "[{who}] current user");
+    assert_eq!(
+        row.get::<_, String>(1),
+        login,
+        "[{who}] session authorization"
+    );
+    drop(conn);
+    pool.batch_execute(&format!("DROP ROLE {role}; DROP SEQUENCE {seq}"))
+        .await
+        .unwrap();
 }
 
 pub(crate) async fn transaction_closure_commits_and_rolls_back(rt: Rt) {
@@ -630,9 +697,63 @@ pub(crate) async fn f1_schema_change_invalidates_cached_plan(rt: Rt) {
         .unwrap_err();
     assert!(matches!(err, Error::PlanInvalidated(_)), "{err:?}");
     assert_eq!(pool.execute(&select, &[]).await.unwrap()[0].len(), 3);
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+
+    // A held connection inside the caller's own transaction: the error aborted it, so a
+    // retry could only fail (25P02). The caller gets the plan error itself, whether the
+    // connection saw the transaction start or not (a comment first hides the BEGIN).
+    let mut conn = pool.get().await.unwrap();
+    for (round, begin) in ["BEGIN", "/* the caller's own */ BEGIN"].iter().enumerate() {
+        assert_eq!(conn.query(&select, &[]).await.unwrap()[0].len(), 3 + round);
+        conn.batch_execute(begin).await.unwrap();
+        other
+            .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN d{round} int"))
+            .await
+            .unwrap();
+        let err = match round {
+            0 => conn.query(&select, &[]).await.map(drop).unwrap_err(),
+            _ => conn.execute(&select, &[]).await.map(drop).unwrap_err(),
+        };
+        assert!(
+            matches!(err, Error::PlanInvalidated(_)),
+            "[{}] {begin}: {err:?}",
+            rt.name()
+        );
+        conn.batch_execute("ROLLBACK").await.unwrap();
+    }
+    assert_eq!(conn.query(&select, &[]).await.unwrap()[0].len(), 5);
+    drop(conn);
+
+    // Another 0A000 error is no stale plan: the statement is not run a second time.
+    let seq = format!("{table}_seq");
+    let function = format!("{table}_unsupported");
+    pool.batch_execute(&format!(
+        "DROP SEQUENCE IF EXISTS {seq}; CREATE SEQUENCE {seq}; \
+         CREATE OR REPLACE FUNCTION {function}() RETURNS int LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM nextval('{seq}'); \
+         RAISE EXCEPTION 'not supported' USING ERRCODE = 'feature_not_supported'; END $$"
+    ))
+    .await
+    .unwrap();
+    let call = format!("SELECT {function}()");
+    let runs = || async {
+        other
+            .query_one(&format!("SELECT last_value FROM {seq}"), &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let err = pool.execute(&call, &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    assert_eq!(runs().await, 1, "[{}] query: run once", rt.name());
+    let err = pool.execute_count(&call, &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err:?}");
+    assert_eq!(runs().await, 2, "[{}] execute: run once", rt.name());
+
+    pool.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {function}; DROP SEQUENCE {seq}"
+    ))
+    .await
+    .unwrap();
 }
 
 pub(crate) async fn statement_deadline_cancels_on_the_server(rt: Rt) {
@@ -818,6 +939,462 @@ pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
     );
     let stats = pool.inner().statistics();
     assert_eq!(stats.closed.get(momopool::Removal::Broken), 1, "{stats:?}");
+}
+
+/// Runs a transaction closure on `conn` that inserts `x` (then, when `fail`, makes its
+/// transaction fail) and waits for ever, and drops it after a moment, as a timeout would.
+async fn abandon_transaction(rt: &Rt, conn: &mut Connection, insert: &str, x: i32, fail: bool) {
+    let insert = insert.to_string();
+    let closure = conn.transaction(move |tx| {
+        Box::pin(async move {
+            tx.execute(&insert, &[&x]).await?;
+            if fail {
+                assert!(tx.batch_execute("SELECT 1/0").await.is_err());
+            }
+            futures::future::pending::<Result<(), Error>>().await
+        })
+    });
+    let outcome = rt.timeout(Duration::from_millis(200), closure).await;
+    assert!(
+        outcome.is_none(),
+        "[{}] the closure was still waiting",
+        rt.name()
+    );
+}
+
+/// Whether the session is outside any transaction, as its next statement sees it, and how
+/// many rows `x = 1` the connection sees.
+async fn after_abandon(conn: &mut Connection, table: &str) -> (Option<String>, i32) {
+    let row = conn
+        .query_one(
+            &format!(
+                "SELECT txid_current_if_assigned()::text, \
+                 (SELECT count(*)::int FROM {table} WHERE x = 1)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A transaction closure's future dropped while the closure waits between statements (a
+/// timeout around `transaction`) leaves its transaction open on the server: the connection's
+/// next statement, whichever method sends it, rolls it back first. On a standalone
+/// connection and on a held pooled one.
+pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
+    use futures::SinkExt;
+    let server = pg::shared();
+    let table = unique(&rt, "abandoned_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES ($1)");
+    let committed = || async {
+        let rows = pool
+            .execute(&format!("SELECT x FROM {table} ORDER BY x"), &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>()
+    };
+    let mut standalone = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    let mut held = pool.get().await.unwrap();
+    for (kind, conn) in [("standalone", &mut standalone), ("pooled", &mut *held)] {
+        let name = format!("[{}] {kind}", rt.name());
+        // The next statement runs outside any transaction, and the row is gone.
+        abandon_transaction(&rt, conn, &insert, 1, false).await;
+        assert_eq!(after_abandon(conn, &table).await, (None, 0), "{name}");
+        // A new transaction commits its own work only.
+        abandon_transaction(&rt, conn, &insert, 1, false).await;
+        let insert2 = insert.clone();
+        conn.transaction(move |tx| Box::pin(async move { tx.execute(&insert2, &[&2i32]).await }))
+            .await
+            .unwrap();
+        assert_eq!(committed().await, vec![2], "{name}");
+        pool.batch_execute(&format!("DELETE FROM {table}"))
+            .await
+            .unwrap();
+
+        // Every statement method: the abandoned transaction failed, so without the
+        // ROLLBACK each would be refused (25P02).
+        for method in 0..10 {
+            abandon_transaction(&rt, conn, &insert, 1, true).await;
+            let outcome = match method {
+                0 => conn.query("SELECT 1", &[]).await.map(drop),
+                1 => conn.execute(&insert, &[&2i32]).await.map(drop),
+                2 => conn.batch_execute("SELECT 1").await,
+                3 => conn.mogrify("SELECT $1::int", &[&1i32]).await.map(drop),
+                4 => conn
+                    .cursor("SELECT 1", &[], 10)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map(drop),
+                5 => conn.transaction(|_| Box::pin(async { Ok(()) })).await,
+                6 => match conn.query_stream("SELECT 1", &[]).await {
+                    Ok(rows) => rows.try_collect::<Vec<_>>().await.map(drop),
+                    Err(err) => Err(err),
+                },
+                7 => match conn.copy_out("COPY (SELECT 1) TO STDOUT").await {
+                    Ok(data) => data.try_collect::<Vec<_>>().await.map(drop),
+                    Err(err) => Err(err),
+                },
+                8 => {
+                    let copy = format!("COPY {table} (x) FROM STDIN");
+                    match conn.copy_in(&copy).await {
+                        Ok(mut sink) => match sink.send(&b"2\n"[..]).await {
+                            Ok(()) => sink.finish().await.map(drop),
+                            Err(err) => Err(err),
+                        },
+                        Err(err) => Err(err),
+                    }
+                }
+                _ => conn.query_opt("SELECT 1", &[]).await.map(drop),
+            };
+            outcome.unwrap_or_else(|e| panic!("{name}: method {method}: {e}"));
+            assert_eq!(
+                after_abandon(conn, &table).await,
+                (None, 0),
+                "{name}: method {method}"
+            );
+            pool.batch_execute(&format!("DELETE FROM {table}"))
+                .await
+                .unwrap();
+        }
+    }
+    drop(held);
+    assert!(committed().await.is_empty());
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A transaction closure that panics: its transaction is rolled back, the panic reaches the
+/// caller, and the connection (standalone, or the pool's only one) goes on working.
+pub(crate) async fn panicking_transaction_closure_is_rolled_back(rt: Rt) {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let server = pg::shared();
+    let table = unique(&rt, "panic_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+
+    let mut conn = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    let insert2 = insert.clone();
+    let outcome = AssertUnwindSafe(conn.transaction::<(), _>(move |tx| {
+        Box::pin(async move {
+            tx.execute(&insert2, &[]).await?;
+            panic!("a closure panicking on purpose");
+        })
+    }))
+    .catch_unwind()
+    .await;
+    assert!(outcome.is_err(), "the panic reaches the caller");
+    assert_eq!(
+        after_abandon(&mut conn, &table).await,
+        (None, 0),
+        "[{}] standalone",
+        rt.name()
+    );
+
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let outcome = AssertUnwindSafe(pool.transaction_with::<(), _>(|tx| {
+        let insert = insert.clone();
+        Box::pin(async move {
+            tx.execute(&insert, &[]).await?;
+            panic!("a closure panicking on purpose");
+        })
+    }))
+    .catch_unwind()
+    .await;
+    assert!(outcome.is_err(), "the panic reaches the caller");
+    let row = pool
+        .query_one(
+            &format!(
+                "SELECT pg_backend_pid(), txid_current_if_assigned()::text, \
+                 (SELECT count(*)::int FROM {table})"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i32>(0),
+        pid,
+        "[{}] the same connection",
+        rt.name()
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1),
+        None,
+        "[{}] pooled",
+        rt.name()
+    );
+    assert_eq!(row.get::<_, i32>(2), 0, "[{}] pooled", rt.name());
+    let stats = pool.inner().statistics();
+    assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// `PgPool::transaction_with` cancelled while its closure waits: nothing is committed, and
+/// the connection's next borrower (here through the pool's own statements, which do not look
+/// for an abandoned transaction) is not inside the abandoned transaction.
+pub(crate) async fn cancelled_pool_transaction_leaves_nothing_behind(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "cancelled_tx");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let state = format!(
+        "SELECT pg_backend_pid(), txid_current_if_assigned()::text, \
+         (SELECT count(*)::int FROM {table})"
+    );
+    for round in 0..2 {
+        let cancelled = rt
+            .timeout(
+                Duration::from_millis(200),
+                pool.transaction_with(|tx| {
+                    let insert = insert.clone();
+                    Box::pin(async move {
+                        tx.execute(&insert, &[]).await?;
+                        futures::future::pending::<Result<(), Error>>().await
+                    })
+                }),
+            )
+            .await;
+        assert!(cancelled.is_none(), "the closure was still waiting");
+        let row = if round == 0 {
+            pool.query_one(&state, &[]).await.unwrap()
+        } else {
+            pool.get()
+                .await
+                .unwrap()
+                .query_one(&state, &[])
+                .await
+                .unwrap()
+        };
+        let name = format!("[{}] round {round}", rt.name());
+        assert_eq!(row.get::<_, i32>(0), pid, "{name}: the same connection");
+        assert_eq!(row.get::<_, Option<String>>(1), None, "{name}");
+        assert_eq!(row.get::<_, i32>(2), 0, "{name}: nothing committed");
+    }
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// `copy_in`, `copy_out` and `query_stream` run to their end: the data goes round, and the
+/// connection is reused.
+pub(crate) async fn copy_and_row_streams_round_trip(rt: Rt) {
+    use futures::SinkExt;
+    let server = pg::shared();
+    let table = unique(&rt, "copy_round_trip");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(1)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int, s text)"
+    ))
+    .await
+    .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let pid = conn.backend_pid();
+
+    let mut sink = conn
+        .copy_in(&format!("COPY {table} (x, s) FROM STDIN"))
+        .await
+        .unwrap();
+    sink.send(&b"1\tone\n2\ttwo\n"[..]).await.unwrap();
+    sink.send(&b"3\tthree\n"[..]).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+    // Closing the sink finishes it too.
+    let mut sink = conn
+        .copy_in(&format!("COPY {table} (x, s) FROM STDIN"))
+        .await
+        .unwrap();
+    sink.send(&b"4\tfour\n"[..]).await.unwrap();
+    sink.close().await.unwrap();
+    drop(sink);
+
+    let data: Vec<_> = conn
+        .copy_out(&format!(
+            "COPY (SELECT * FROM {table} ORDER BY x) TO STDOUT"
+        ))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(data.concat(), b"1\tone\n2\ttwo\n3\tthree\n4\tfour\n");
+
+    let rows: Vec<_> = conn
+        .query_stream(
+            &format!("SELECT s FROM {table} WHERE x > $1 ORDER BY x"),
+            &[&2i32],
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let words: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(words, ["three", "four"]);
+
+    // Refused data ends the COPY with the server's error, and the connection goes on.
+    let mut sink = conn
+        .copy_in(&format!("COPY {table} (x, s) FROM STDIN"))
+        .await
+        .unwrap();
+    sink.send(&b"five\tfive\n"[..]).await.unwrap();
+    let err = sink.finish().await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err}");
+    // An error after the first rows ends the stream, and the connection goes on too.
+    let err = conn
+        .query_stream("SELECT 1 / (3 - x) FROM generate_series(1, 5) x", &[])
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22012"), "{err}");
+
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        conn.backend_pid(),
+        pid,
+        "[{}] the connection is reused",
+        rt.name()
+    );
+    let n: i64 = conn
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+    drop(conn);
+    let stats = pool.inner().statistics();
+    assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// A connection given back in the middle of a row stream or a `COPY`, or after its raw
+/// client was handed out, is closed rather than reused: its next borrower never waits behind
+/// someone else's results.
+pub(crate) async fn unfinished_streams_and_raw_clients_are_not_handed_on(rt: Rt) {
+    use futures::SinkExt;
+    let server = pg::shared();
+    let table = unique(&rt, "unfinished_streams");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.max_size(1).validation(momopool::Validation::Never)
+    })
+    .await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let lots = "COPY (SELECT generate_series(1, 1000000)) TO STDOUT";
+    let broken = || pool.inner().statistics().closed.get(Removal::Broken);
+    let mut closed = 0;
+    for case in ["copy_out", "query_stream", "copy_in", "client"] {
+        let mut conn = pool.get().await.unwrap();
+        let pid = conn.backend_pid();
+        // For the raw client: its stream outlives the connection's return, unread.
+        let mut raw = None;
+        match case {
+            "copy_out" => {
+                let mut data = conn.copy_out(lots).await.unwrap();
+                assert!(!data.next().await.unwrap().unwrap().is_empty());
+            }
+            "query_stream" => {
+                let mut rows = conn
+                    .query_stream("SELECT generate_series(1, 1000000)", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(rows.next().await.unwrap().unwrap().get::<_, i32>(0), 1);
+            }
+            "copy_in" => {
+                let mut sink = conn
+                    .copy_in(&format!("COPY {table} FROM STDIN"))
+                    .await
+                    .unwrap();
+                sink.send(&b"1\n"[..]).await.unwrap();
+            }
+            _ => {
+                let data = conn.client().copy_out(lots).await.unwrap();
+                let mut data = Box::pin(data);
+                assert!(!data.next().await.unwrap().unwrap().is_empty());
+                raw = Some(data);
+            }
+        }
+        drop(conn);
+        closed += 1;
+        let started = Instant::now();
+        let next: i32 = pool
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let took = started.elapsed();
+        let name = format!("[{}] {case}", rt.name());
+        assert_ne!(next, pid, "{name}: a new connection");
+        assert!(
+            took < Duration::from_secs(2),
+            "{name}: the next call took {took:?}"
+        );
+        assert_eq!(broken(), closed, "{name}");
+        drop(raw);
+    }
+    let n: i64 = pool
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the unfinished COPY wrote nothing");
+
+    // A standalone connection goes on working after using its raw client.
+    let mut conn = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    conn.client().simple_query("SELECT 1").await.unwrap();
+    let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
 }
 
 /// The kernel's keepalive timer on this process's end of `conn`, from `/proc/net/tcp` (or

@@ -1,0 +1,283 @@
+//! Results and `COPY` data streamed through a [`Connection`] without giving up its reuse:
+//! [`RowStream`], [`CopyOutStream`] and [`CopyInSink`] wrap tokio-postgres's own and borrow
+//! the connection while their request runs. Dropped before its end, the rest of the answer
+//! would still be on its way to whoever used the connection next: the connection is then
+//! marked broken, and the pool closes it instead of handing it on.
+
+use crate::connection::Connection;
+use crate::error::Error;
+use bytes::{Buf, Bytes};
+use futures::{Sink, Stream};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio_postgres::Row;
+
+/// Watches one request: marks the connection broken if dropped before the request ended.
+struct Watch<'a> {
+    conn: &'a Connection,
+    /// Nothing of the request is left to arrive but its final `ReadyForQuery`.
+    ended: bool,
+    /// The stream has yielded its end or an error: it is not polled again.
+    fused: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(conn: &'a Connection) -> Self {
+        Watch {
+            conn,
+            ended: false,
+            fused: false,
+        }
+    }
+
+    /// Passes on an item of the inner stream, noting the end of the request.
+    fn item<T>(
+        &mut self,
+        item: Option<Result<T, tokio_postgres::Error>>,
+    ) -> Option<Result<T, Error>> {
+        match item {
+            Some(Ok(value)) => Some(Ok(value)),
+            Some(Err(err)) => {
+                self.fused = true;
+                Some(Err(self.error(err)))
+            }
+            None => {
+                self.fused = true;
+                self.ended = true;
+                None
+            }
+        }
+    }
+
+    /// Records what an error says about the connection. The server's own error report ends
+    /// the request; anything else leaves it in an unknown state.
+    fn error(&mut self, err: tokio_postgres::Error) -> Error {
+        self.conn.note(&err);
+        if err.as_db_error().is_some() {
+            self.ended = true;
+        }
+        Error::Postgres(err)
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.mark_broken();
+        }
+    }
+}
+
+/// The rows of a statement as they arrive; see [`Connection::query_stream`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+/// use futures::TryStreamExt;
+///
+/// let mut rows = conn.query_stream("SELECT generate_series(1, $1)", &[&3i32]).await?;
+/// while let Some(row) = rows.try_next().await? {
+///     println!("{}", row.get::<_, i32>(0));
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RowStream<'a> {
+    inner: Pin<Box<tokio_postgres::RowStream>>,
+    watch: Watch<'a>,
+}
+
+impl<'a> RowStream<'a> {
+    pub(crate) fn new(inner: tokio_postgres::RowStream, conn: &'a Connection) -> Self {
+        RowStream {
+            inner: Box::pin(inner),
+            watch: Watch::new(conn),
+        }
+    }
+}
+
+impl std::fmt::Debug for RowStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowStream")
+            .field("conn", self.watch.conn)
+            .field("ended", &self.watch.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for RowStream<'_> {
+    type Item = Result<Row, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.watch.fused {
+            return Poll::Ready(None);
+        }
+        let item = ready!(this.inner.as_mut().poll_next(cx));
+        Poll::Ready(this.watch.item(item))
+    }
+}
+
+/// The data of a `COPY ... TO STDOUT`, chunk by chunk; see [`Connection::copy_out`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+/// use futures::TryStreamExt;
+///
+/// let mut data = conn.copy_out("COPY jobs TO STDOUT (FORMAT csv)").await?;
+/// while let Some(chunk) = data.try_next().await? {
+///     print!("{}", String::from_utf8_lossy(&chunk));
+/// }
+/// # Ok(()) }
+/// ```
+pub struct CopyOutStream<'a> {
+    inner: Pin<Box<tokio_postgres::CopyOutStream>>,
+    watch: Watch<'a>,
+}
+
+impl<'a> CopyOutStream<'a> {
+    pub(crate) fn new(inner: tokio_postgres::CopyOutStream, conn: &'a Connection) -> Self {
+        CopyOutStream {
+            inner: Box::pin(inner),
+            watch: Watch::new(conn),
+        }
+    }
+}
+
+impl std::fmt::Debug for CopyOutStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOutStream")
+            .field("conn", self.watch.conn)
+            .field("ended", &self.watch.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for CopyOutStream<'_> {
+    type Item = Result<Bytes, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.watch.fused {
+            return Poll::Ready(None);
+        }
+        let item = ready!(this.inner.as_mut().poll_next(cx));
+        Poll::Ready(this.watch.item(item))
+    }
+}
+
+/// Where the data of a `COPY ... FROM STDIN` goes; see [`Connection::copy_in`]. Send it
+/// with the [`Sink`] methods, then [`finish`](CopyInSink::finish) it (or
+/// [`close`](futures::SinkExt::close) it): dropped before that, the `COPY` is aborted and
+/// the connection marked broken.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+/// use futures::SinkExt;
+///
+/// let mut sink = conn.copy_in("COPY jobs (name) FROM STDIN").await?;
+/// sink.send(bytes::Bytes::from_static(b"resize images\nsend mail\n")).await?;
+/// let rows = sink.finish().await?;
+/// assert_eq!(rows, 2);
+/// # Ok(()) }
+/// ```
+pub struct CopyInSink<'a, T> {
+    inner: Pin<Box<tokio_postgres::CopyInSink<T>>>,
+    watch: Watch<'a>,
+}
+
+impl<'a, T> CopyInSink<'a, T>
+where
+    T: Buf + Send + 'static,
+{
+    pub(crate) fn new(inner: tokio_postgres::CopyInSink<T>, conn: &'a Connection) -> Self {
+        CopyInSink {
+            inner: Box::pin(inner),
+            watch: Watch::new(conn),
+        }
+    }
+
+    /// Ends the `COPY` and returns how many rows it wrote.
+    ///
+    /// # Errors
+    ///
+    /// The server's error if the data was refused (nothing is written then), or the
+    /// connection's loss.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it is done aborts the `COPY` and marks the connection
+    /// broken.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// use futures::SinkExt;
+    ///
+    /// let mut sink = conn.copy_in("COPY jobs (name) FROM STDIN").await?;
+    /// sink.send(&b"resize images\n"[..]).await?;
+    /// assert_eq!(sink.finish().await?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn finish(mut self) -> Result<u64, Error> {
+        match futures::future::poll_fn(|cx| self.inner.as_mut().poll_finish(cx)).await {
+            Ok(rows) => {
+                self.watch.ended = true;
+                Ok(rows)
+            }
+            Err(err) => Err(self.watch.error(err)),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for CopyInSink<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyInSink")
+            .field("conn", self.watch.conn)
+            .field("ended", &self.watch.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Sink<T> for CopyInSink<'_, T>
+where
+    T: Buf + Send + 'static,
+{
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        let ready = ready!(this.inner.as_mut().poll_ready(cx));
+        Poll::Ready(ready.map_err(|err| this.watch.error(err)))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Error> {
+        let this = self.get_mut();
+        this.inner
+            .as_mut()
+            .start_send(item)
+            .map_err(|err| this.watch.error(err))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        let flushed = ready!(this.inner.as_mut().poll_flush(cx));
+        Poll::Ready(flushed.map_err(|err| this.watch.error(err)))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        match ready!(this.inner.as_mut().poll_close(cx)) {
+            Ok(()) => {
+                this.watch.ended = true;
+                Poll::Ready(Ok(()))
+            }
+            Err(err) => Poll::Ready(Err(this.watch.error(err))),
+        }
+    }
+}
