@@ -40,9 +40,10 @@ pub enum Recycling {
     /// An empty query round trip proves the server still answers.
     #[default]
     Verified,
-    /// Reset the session: close cursors, reset settings (then re-run the session
-    /// statements), unlisten, release advisory locks, discard temporary objects and sequence
-    /// state. Prepared statements are kept, so the statement cache stays valid.
+    /// Reset the session: the session authorization and role, close cursors, reset settings
+    /// (then re-run the session statements), unlisten, release advisory locks, discard
+    /// temporary objects and sequence state. Prepared statements are kept, so the statement
+    /// cache stays valid.
     Clean,
     /// Run this SQL (one or more statements, simple protocol).
     Custom(String),

@@ -783,9 +783,9 @@ impl Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future abandons the statement on the client side; the server may still
-    /// run it, and the connection's state is unknown: a pooled connection is then rolled back
-    /// and checked before reuse.
+    /// Dropping the future before the statement's answer has arrived abandons it on the
+    /// client side (the server may still run it): the rest of the answer would still come, so
+    /// the connection is marked broken, and a pooled one is closed rather than handed on.
     ///
     /// # Examples
     ///

@@ -943,8 +943,46 @@ fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize,
     })
 }
 
-/// The first run of ASCII letters in `text`, and what follows it.
+/// `text` without the blanks and comments (`-- ...` to the end of the line, `/* ... */`,
+/// nested) it starts with. An unterminated block comment takes the rest.
+fn skip_blanks_and_comments(mut text: &[u8]) -> &[u8] {
+    loop {
+        let blank = text
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(text.len());
+        text = &text[blank..];
+        if let Some(rest) = text.strip_prefix(b"--") {
+            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            text = &rest[end..];
+        } else if text.starts_with(b"/*") {
+            let mut depth = 0usize;
+            let mut i = 0;
+            while i < text.len() {
+                if text[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if text[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            text = &text[i.min(text.len())..];
+        } else {
+            return text;
+        }
+    }
+}
+
+/// The first run of ASCII letters in `text` after its leading blanks and comments, and what
+/// follows it.
 fn next_word(text: &[u8]) -> (&[u8], &[u8]) {
+    let text = skip_blanks_and_comments(text);
     let start = text
         .iter()
         .position(u8::is_ascii_alphabetic)
@@ -999,6 +1037,15 @@ mod transaction_tests {
         assert!(may_open_transaction(
             "SELECT 1;\tStart transaction read only"
         ));
+        // Comments before the keyword, of both kinds, nested, and unterminated.
+        assert!(may_open_transaction("/* tag: job 7 */ BEGIN"));
+        assert!(may_open_transaction("-- a note\n  begin"));
+        assert!(may_open_transaction(
+            "/* outer /* inner */ still */ -- x\n/**/START TRANSACTION"
+        ));
+        assert!(!may_open_transaction("/* BEGIN */ SELECT 1"));
+        assert!(!may_open_transaction("-- BEGIN\nSELECT 1"));
+        assert!(!may_open_transaction("/* BEGIN"));
     }
 
     #[test]
@@ -1007,6 +1054,12 @@ mod transaction_tests {
         assert!(may_change_session("SET search_path TO x"));
         assert!(may_change_session("select 1; begin"));
         assert!(may_change_session("CREATE TEMP TABLE t (x int)"));
+        assert!(may_change_session(
+            "/* from the web app */ SET search_path TO x"
+        ));
+        assert!(may_change_session(
+            "CREATE /* short-lived */ TEMP TABLE t (x int)"
+        ));
         assert!(may_change_session("DO $$ BEGIN PERFORM 1; END $$"));
         assert!(!may_change_session("SELECT settings FROM t"));
         assert!(!may_change_session("CREATE TABLE t (x int)"));

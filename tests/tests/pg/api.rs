@@ -420,9 +420,13 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
     assert_eq!(n, 0);
     // The same with `BEGIN` as a prepared statement, twice: the second time it comes from
     // the connection's statement cache, and still counts as opening a transaction.
-    for round in 0..2 {
+    // Then with a comment before the `BEGIN`, as query tags put it.
+    for (round, begin) in ["BEGIN", "BEGIN", "/* job 7 */ BEGIN", "-- tag\nBEGIN"]
+        .into_iter()
+        .enumerate()
+    {
         let mut conn = pool.get().await.unwrap();
-        conn.execute("BEGIN", &[]).await.unwrap();
+        conn.execute(begin, &[]).await.unwrap();
         conn.execute(&format!("INSERT INTO {table} VALUES (1)"), &[])
             .await
             .unwrap();
