@@ -858,7 +858,8 @@ impl Connection {
         at_most_one(rows)
     }
 
-    /// Runs a statement and returns how many rows it affected.
+    /// Runs a statement and returns its rows: Momoko's `execute`, the same as
+    /// [`query`](Connection::query) and as [`PgPool::execute`](crate::PgPool::execute).
     ///
     /// # Errors
     ///
@@ -872,10 +873,39 @@ impl Connection {
     ///
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
-    /// let n = conn.execute("UPDATE items SET seen = true WHERE id = $1", &[&7i32]).await?;
+    /// let rows = conn.execute("SELECT relname FROM pg_class LIMIT $1", &[&5i64]).await?;
+    /// assert!(rows.len() <= 5);
     /// # Ok(()) }
     /// ```
     pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.query(sql, params).await
+    }
+
+    /// Runs a statement and returns how many rows it affected (as
+    /// [`PgPool::execute_count`](crate::PgPool::execute_count)).
+    ///
+    /// # Errors
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`query`](Connection::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let n = conn
+    ///     .execute_count("UPDATE items SET seen = true WHERE id = $1", &[&7i32])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_count(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -1287,6 +1317,43 @@ impl Connection {
         })
     }
 
+    /// Runs `statements` in one transaction (Momoko's `transaction`) and returns the rows of
+    /// each; the list form of [`transaction_with`](Connection::transaction_with), as
+    /// [`PgPool::transaction`](crate::PgPool::transaction).
+    ///
+    /// # Errors
+    ///
+    /// The first failing statement's error (everything is rolled back), or
+    /// [`Error::OutcomeUnknown`] when the connection was lost during `COMMIT`. A standalone
+    /// connection never retries: the pool's form runs the list again on a fresh connection
+    /// when the connection is lost before `COMMIT`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future with a statement in flight marks the connection broken (a pooled
+    /// one is closed rather than reused); nothing was committed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let results = conn
+    ///     .transaction(&[
+    ///         ("INSERT INTO accounts (id, balance) VALUES ($1, 100)", &[&1i32]),
+    ///         ("SELECT balance FROM accounts WHERE id = $1", &[&1i32]),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(results[1][0].get::<_, i32>(0), 100);
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction(
+        &mut self,
+        statements: &[(&str, &[&(dyn ToSql + Sync)])],
+    ) -> Result<Vec<Vec<Row>>, Error> {
+        self.end_abandoned_transaction().await?;
+        Self::settle(self.try_statements(statements).await)
+    }
+
     /// Runs `f` inside a transaction: commits when it returns `Ok`, rolls back when it
     /// returns `Err`, panics, or its future is dropped.
     ///
@@ -1308,7 +1375,7 @@ impl Connection {
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
     /// let id: i32 = conn
-    ///     .transaction(|tx| {
+    ///     .transaction_with(|tx| {
     ///         Box::pin(async move {
     ///             tx.execute("INSERT INTO log (msg) VALUES ('hi')", &[]).await?;
     ///             Ok(tx.query_one("SELECT lastval()::int", &[]).await?.get(0))
@@ -1317,7 +1384,7 @@ impl Connection {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn transaction<T, F>(&mut self, f: F) -> Result<T, Error>
+    pub async fn transaction_with<T, F>(&mut self, f: F) -> Result<T, Error>
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
@@ -1513,7 +1580,7 @@ impl Connection {
 /// ```no_run
 /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
 ///
-/// conn.transaction(|tx: &mut momopool_pg::Transaction<'_>| {
+/// conn.transaction_with(|tx: &mut momopool_pg::Transaction<'_>| {
 ///     Box::pin(async move {
 ///         tx.execute("UPDATE stock SET count = count - 1 WHERE item = 'tea'", &[]).await?;
 ///         let row = tx.query_one("SELECT count FROM stock WHERE item = 'tea'", &[]).await?;
@@ -1557,7 +1624,7 @@ impl Transaction<'_> {
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
     /// let rows = conn
-    ///     .transaction(|tx| {
+    ///     .transaction_with(|tx| {
     ///         Box::pin(async move {
     ///             tx.execute("LOCK TABLE jobs IN SHARE MODE", &[]).await?;
     ///             tx.query("SELECT id FROM jobs WHERE done = $1", &[&false]).await
@@ -1589,7 +1656,7 @@ impl Transaction<'_> {
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
     /// let id: i32 = conn
-    ///     .transaction(|tx| {
+    ///     .transaction_with(|tx| {
     ///         Box::pin(async move {
     ///             let sql = "INSERT INTO jobs (name) VALUES ($1) RETURNING id";
     ///             let row = tx.query_one(sql, &[&"resize images"]).await?;
@@ -1622,7 +1689,7 @@ impl Transaction<'_> {
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
     /// let claimed = conn
-    ///     .transaction(|tx| {
+    ///     .transaction_with(|tx| {
     ///         Box::pin(async move {
     ///             let sql = "SELECT id FROM jobs WHERE NOT done LIMIT 1 FOR UPDATE SKIP LOCKED";
     ///             let Some(row) = tx.query_opt(sql, &[]).await? else {
@@ -1644,6 +1711,39 @@ impl Transaction<'_> {
         at_most_one(self.query(sql, params).await?)
     }
 
+    /// Runs a statement and returns its rows: the same as [`Transaction::query`], under
+    /// Momoko's name.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Transaction::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
+    /// let ids: Vec<i32> = conn
+    ///     .transaction_with(|tx| {
+    ///         Box::pin(async move {
+    ///             let sql = "UPDATE jobs SET taken = true WHERE NOT taken RETURNING id";
+    ///             Ok(tx.execute(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.query(sql, params).await
+    }
+
     /// Runs a statement and returns how many rows it affected.
     ///
     /// # Errors
@@ -1659,10 +1759,10 @@ impl Transaction<'_> {
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
     /// let moved = conn
-    ///     .transaction(|tx| {
+    ///     .transaction_with(|tx| {
     ///         Box::pin(async move {
     ///             let sql = "INSERT INTO archive SELECT * FROM jobs WHERE done";
-    ///             let n = tx.execute(sql, &[]).await?;
+    ///             let n = tx.execute_count(sql, &[]).await?;
     ///             tx.execute("DELETE FROM jobs WHERE done", &[]).await?;
     ///             Ok(n)
     ///         })
@@ -1671,7 +1771,7 @@ impl Transaction<'_> {
     /// println!("{moved} jobs archived");
     /// # Ok(()) }
     /// ```
-    pub async fn execute(
+    pub async fn execute_count(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -1693,7 +1793,7 @@ impl Transaction<'_> {
     ///
     /// ```no_run
     /// # async fn f(conn: &mut momopool_pg::Connection) -> Result<(), momopool_pg::Error> {
-    /// conn.transaction(|tx| {
+    /// conn.transaction_with(|tx| {
     ///     Box::pin(async move {
     ///         let sql = "SET LOCAL lock_timeout = '1s'; TRUNCATE jobs; TRUNCATE archive";
     ///         tx.batch_execute(sql).await

@@ -949,7 +949,7 @@ pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
 /// transaction fail) and waits for ever, and drops it after a moment, as a timeout would.
 async fn abandon_transaction(rt: &Rt, conn: &mut Connection, insert: &str, x: i32, fail: bool) {
     let insert = insert.to_string();
-    let closure = conn.transaction(move |tx| {
+    let closure = conn.transaction_with(move |tx| {
         Box::pin(async move {
             tx.execute(&insert, &[&x]).await?;
             if fail {
@@ -1016,9 +1016,11 @@ pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
         // A new transaction commits its own work only.
         abandon_transaction(&rt, conn, &insert, 1, false).await;
         let insert2 = insert.clone();
-        conn.transaction(move |tx| Box::pin(async move { tx.execute(&insert2, &[&2i32]).await }))
-            .await
-            .unwrap();
+        conn.transaction_with(move |tx| {
+            Box::pin(async move { tx.execute(&insert2, &[&2i32]).await })
+        })
+        .await
+        .unwrap();
         assert_eq!(committed().await, vec![2], "{name}");
         pool.batch_execute(&format!("DELETE FROM {table}"))
             .await
@@ -1038,7 +1040,7 @@ pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
                     .try_collect::<Vec<_>>()
                     .await
                     .map(drop),
-                5 => conn.transaction(|_| Box::pin(async { Ok(()) })).await,
+                5 => conn.transaction_with(|_| Box::pin(async { Ok(()) })).await,
                 6 => match conn.query_stream("SELECT 1", &[]).await {
                     Ok(rows) => rows.try_collect::<Vec<_>>().await.map(drop),
                     Err(err) => Err(err),
@@ -1099,7 +1101,7 @@ pub(crate) async fn panicking_transaction_closure_is_rolled_back(rt: Rt) {
         .await
         .unwrap();
     let insert2 = insert.clone();
-    let outcome = AssertUnwindSafe(conn.transaction::<(), _>(move |tx| {
+    let outcome = AssertUnwindSafe(conn.transaction_with::<(), _>(move |tx| {
         Box::pin(async move {
             tx.execute(&insert2, &[]).await?;
             panic!("a closure panicking on purpose");

@@ -95,4 +95,5 @@ momopool_tests::matrix!(
     server_gone_error_revalidates_idle_connections,
     get_pinged_pings_the_server,
     statement_list_lost_before_commit_runs_again,
+    standalone_connection_speaks_the_pools_api,
 );

@@ -415,3 +415,55 @@ pub(crate) async fn statement_list_lost_before_commit_runs_again(rt: Rt) {
         .get(0);
     assert_eq!(runs, 2, "ran twice");
 }
+
+/// A standalone connection answers to the pool's names with the pool's meanings: `execute`
+/// returns rows, `execute_count` a count, `transaction` takes a list (all or nothing) and
+/// `transaction_with` a closure.
+pub(crate) async fn standalone_connection_speaks_the_pools_api(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "standalone_api");
+    let mut conn = Connection::connect_with(server.config(&table), rt.pg_runtime())
+        .await
+        .unwrap();
+    conn.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let rows = conn
+        .execute("SELECT 1 UNION ALL SELECT 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let insert = format!("INSERT INTO {table} VALUES ($1)");
+    let count = format!("SELECT count(*) FROM {table}");
+    let results = conn
+        .transaction(&[(&insert, &[&1i32]), (&insert, &[&2i32]), (&count, &[])])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[2][0].get::<_, i64>(0), 2);
+    // A failing statement rolls the whole list back.
+    let err = conn
+        .transaction(&[(&insert, &[&3i32]), ("SELECT 1/0", &[])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22012"), "{err:?}");
+    let n: i64 = conn.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 2, "the failed list left nothing behind");
+    let updated = conn
+        .execute_count(&format!("UPDATE {table} SET x = x + 10"), &[])
+        .await
+        .unwrap();
+    assert_eq!(updated, 2);
+    let moved = conn
+        .transaction_with(|tx| {
+            let sql = format!("DELETE FROM {table} WHERE x > 11");
+            Box::pin(async move { tx.execute_count(&sql, &[]).await })
+        })
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let n: i64 = conn.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
