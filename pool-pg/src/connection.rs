@@ -1082,8 +1082,12 @@ impl Connection {
     /// Calls a function and returns its rows, like Momoko's `callproc`: `name` may be
     /// schema-qualified and is quoted as an identifier (so `MyFunc` means exactly that).
     ///
-    /// The server infers the argument types from the function; for an overloaded function
-    /// whose arguments are ambiguous, use [`query`](Connection::query) with explicit casts.
+    /// The server infers the argument types from the function. When the name is overloaded
+    /// and that leaves several candidates (SQLSTATE 42725, e.g. `generate_series` with two
+    /// integers), the call is prepared again with each argument cast to the type of its Rust
+    /// value (`i32` as `integer`, `&str` as `text`, ...); inside a transaction, where the
+    /// refused statement has aborted the transaction, the error is returned instead, and
+    /// [`query`](Connection::query) with explicit casts is the way.
     ///
     /// # Errors
     ///
@@ -1107,7 +1111,14 @@ impl Connection {
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
         let sql = callproc_sql(name, args.len())?;
-        self.query(&sql, args).await
+        match self.query(&sql, args).await {
+            // Retried only outside a transaction: the refused statement aborted any around it.
+            Err(err) if !self.is_dirty() => match callproc_retyped(name, args, &err) {
+                Some(typed) => self.query(&typed, args).await,
+                None => Err(err),
+            },
+            done => done,
+        }
     }
 
     /// Returns `sql` with its parameters inlined as correctly quoted SQL literals, like
@@ -1875,6 +1886,36 @@ pub(crate) fn callproc_sql(name: &str, args: usize) -> Result<String, Error> {
     Ok(format!("SELECT * FROM {name}({})", placeholders.join(", ")))
 }
 
+/// `callproc`'s statement with each argument cast to the type of its Rust value, when `err`
+/// says the function's name is overloaded and the untyped arguments matched several
+/// (SQLSTATE 42725); `None` otherwise, or when a value's type cannot be told.
+pub(crate) fn callproc_retyped(
+    name: &str,
+    args: &[&(dyn ToSql + Sync)],
+    err: &Error,
+) -> Option<String> {
+    if args.is_empty() || err.code() != Some(&SqlState::AMBIGUOUS_FUNCTION) {
+        return None;
+    }
+    let types = infer_types(args).ok()?;
+    let name = sql::quote_qualified_name(name).ok()?;
+    let casts: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{}", i + 1, type_name(ty)))
+        .collect();
+    Some(format!("SELECT * FROM {name}({})", casts.join(", ")))
+}
+
+/// A type's schema-qualified, quoted name, for a cast.
+fn type_name(ty: &Type) -> String {
+    format!(
+        "{}.{}",
+        sql::quote_identifier(ty.schema()).unwrap_or_default(),
+        sql::quote_identifier(ty.name()).unwrap_or_default()
+    )
+}
+
 /// A statement that renders each parameter as a literal with an explicit cast.
 fn render_literals_sql(types: &[Type]) -> String {
     let columns: Vec<String> = types
@@ -1888,11 +1929,7 @@ fn render_literals_sql(types: &[Type]) -> String {
                     format!("quote_nullable(${n}::text)")
                 }
                 _ => {
-                    let cast = format!(
-                        "{}.{}",
-                        sql::quote_identifier(ty.schema()).unwrap_or_default(),
-                        sql::quote_identifier(ty.name()).unwrap_or_default()
-                    );
+                    let cast = type_name(ty);
                     format!(
                         "CASE WHEN ${n}::{cast} IS NULL THEN 'NULL' ELSE \
                          quote_literal(${n}::{cast}) || '::' || \

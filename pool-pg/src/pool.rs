@@ -708,8 +708,9 @@ impl PgPool {
     }
 
     /// Calls a function and returns its rows (Momoko's `callproc`); the name is quoted as an
-    /// identifier and may be schema-qualified. Argument types are inferred from the function
-    /// (see [`Connection::callproc`]).
+    /// identifier and may be schema-qualified. Argument types are inferred from the function,
+    /// or from the Rust values when the name is overloaded and ambiguous (see
+    /// [`Connection::callproc`]).
     ///
     /// # Errors
     ///
@@ -1293,7 +1294,13 @@ impl Calls<'_> {
     /// ```
     pub async fn callproc(&self, name: &str, args: Params<'_>) -> Result<Vec<Row>, Error> {
         let sql = crate::connection::callproc_sql(name, args.len())?;
-        self.execute(&sql, args).await
+        match self.execute(&sql, args).await {
+            Err(err) => match crate::connection::callproc_retyped(name, args, &err) {
+                Some(typed) => self.execute(&typed, args).await,
+                None => Err(err),
+            },
+            done => done,
+        }
     }
 
     /// See [`PgPool::transaction`].

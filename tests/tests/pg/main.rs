@@ -96,4 +96,5 @@ momopool_tests::matrix!(
     get_pinged_pings_the_server,
     statement_list_lost_before_commit_runs_again,
     standalone_connection_speaks_the_pools_api,
+    callproc_resolves_overloaded_names,
 );

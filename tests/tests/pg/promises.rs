@@ -467,3 +467,43 @@ pub(crate) async fn standalone_connection_speaks_the_pools_api(rt: Rt) {
     let n: i64 = conn.query_one(&count, &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
 }
+
+/// `callproc` on an overloaded name that untyped arguments leave ambiguous
+/// (`generate_series(integer, integer)` or `(bigint, bigint)`, ...): the arguments are cast to
+/// their Rust values' types, on the pool and on a standalone connection. Inside a
+/// transaction the server's error is returned, and the transaction is not touched.
+pub(crate) async fn callproc_resolves_overloaded_names(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "callproc_overloaded");
+    let pool = pool_for(&rt, server.config(&app), |b| b.max_size(2)).await;
+    let rows = pool
+        .callproc("generate_series", &[&1i32, &3i32])
+        .await
+        .unwrap_or_else(|e| panic!("[{}] {e:?}", rt.name()));
+    let values: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(values, [1, 2, 3]);
+    let rows = pool
+        .callproc("pg_catalog.generate_series", &[&1i64, &2i64])
+        .await
+        .unwrap();
+    assert_eq!(rows[1].get::<_, i64>(0), 2);
+
+    let mut conn = Connection::connect_with(server.config(&app), rt.pg_runtime())
+        .await
+        .unwrap();
+    let rows = conn
+        .callproc("generate_series", &[&5i32, &6i32])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    // A function that is not overloaded still gets its types from the server.
+    let rows = conn.callproc("upper", &[&"momo"]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "MOMO");
+    conn.batch_execute("BEGIN").await.unwrap();
+    let err = conn
+        .callproc("generate_series", &[&1i32, &2i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42725"), "{err:?}");
+    conn.batch_execute("ROLLBACK").await.unwrap();
+}
