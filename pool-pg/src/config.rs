@@ -23,8 +23,11 @@ pub(crate) enum ConnectTimeout {
 
 /// How a connection is made ready for its next user when the pool checks it.
 ///
-/// A connection returned inside a transaction (or in an unknown state after raw use of the
-/// client) is always rolled back first, whatever the method.
+/// A connection given back inside a transaction has a `ROLLBACK` queued at once (its locks go
+/// then) and is checked before its next use, whatever the method; one whose raw client was
+/// handed out ([`Connection::client`](crate::Connection::client)) is closed instead. With
+/// `Clean`, a statement that may change the session (`SET`, `LISTEN`, ...) also makes the pool
+/// check the connection before its next use, however soon that comes.
 ///
 /// # Examples
 ///

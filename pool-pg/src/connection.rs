@@ -202,7 +202,7 @@ struct StatementCache {
 struct Cached {
     stmt: Statement,
     /// [`sql::may_open_transaction`], worked out once.
-    opens_transaction: bool,
+    leaves_state: bool,
     /// The cache's tick when it was last used.
     used: u64,
 }
@@ -214,11 +214,11 @@ impl StatementCache {
         let tick = self.tick;
         self.entries.get_mut(sql).map(|cached| {
             cached.used = tick;
-            (cached.stmt.clone(), cached.opens_transaction)
+            (cached.stmt.clone(), cached.leaves_state)
         })
     }
 
-    fn insert(&mut self, sql: &str, stmt: Statement, opens_transaction: bool) {
+    fn insert(&mut self, sql: &str, stmt: Statement, leaves_state: bool) {
         if self.capacity == 0 {
             return;
         }
@@ -236,7 +236,7 @@ impl StatementCache {
         self.tick += 1;
         let cached = Cached {
             stmt,
-            opens_transaction,
+            leaves_state,
             used: self.tick,
         };
         self.entries.insert(sql.to_string(), cached);
@@ -279,6 +279,9 @@ pub struct Connection {
     /// The raw client was handed out ([`Connection::client`]): the pool discards the
     /// connection when it comes back.
     raw_client: bool,
+    /// A `ROLLBACK` was queued when the connection went back to the pool
+    /// ([`Connection::end_transaction_now`]): the check need not send another.
+    rollback_queued: bool,
     target: (Target, u16),
     probe: Option<Probe>,
     runtime: Arc<dyn PgRuntime>,
@@ -473,6 +476,7 @@ impl Connection {
             broken: AtomicBool::new(false),
             abandoned_transaction: false,
             raw_client: false,
+            rollback_queued: false,
             target: (target.clone(), port),
             probe,
             runtime: Arc::clone(runtime),
@@ -537,6 +541,31 @@ impl Connection {
         self.broken.load(Ordering::Relaxed)
             || self.client.is_closed()
             || self.driver.closed.load(Ordering::SeqCst)
+    }
+
+    /// Whether running `sql` leaves state the next borrower must not see, so the pool checks
+    /// the connection before reuse: a transaction it may open, and with
+    /// [`Recycling::Clean`] any session state it may change (`SET ROLE`, `LISTEN`, ...),
+    /// since that method promises to reset it.
+    fn dirties(&self, sql: &str) -> bool {
+        sql::may_open_transaction(sql)
+            || (self.config.recycling == Recycling::Clean && sql::may_change_session(sql))
+    }
+
+    /// Ends the transaction a pooled connection may have been given back in, without waiting:
+    /// a `ROLLBACK` is queued ahead of anything sent later and its answer dropped. Its locks and
+    /// snapshot then go at once, rather than when the connection is next checked out (which
+    /// may be much later when other connections serve the load). The check at the next
+    /// checkout still runs the recycling method.
+    pub(crate) fn end_transaction_now(&mut self) {
+        if (self.is_dirty() || self.abandoned_transaction) && !self.rollback_queued {
+            // tokio-postgres sends a request on the first poll of its future, before it waits
+            // for the answer: dropping the future after one poll drops only the wait, and the
+            // driver discards the answer.
+            let _ = futures::FutureExt::now_or_never(self.client.batch_execute("ROLLBACK"));
+            self.rollback_queued = true;
+            self.abandoned_transaction = false;
+        }
     }
 
     /// Whether the pool must not hand the connection on: it is closed or broken, or its raw
@@ -614,9 +643,9 @@ impl Connection {
         // statement itself counts as not sent.
         match tracked!(&self.broken, self.client.prepare(sql)) {
             Ok(stmt) => {
-                let opens_transaction = sql::may_open_transaction(sql);
-                self.cache().insert(sql, stmt.clone(), opens_transaction);
-                Ok((stmt, opens_transaction))
+                let leaves_state = self.dirties(sql);
+                self.cache().insert(sql, stmt.clone(), leaves_state);
+                Ok((stmt, leaves_state))
             }
             Err(err) => {
                 self.note(&err);
@@ -634,13 +663,13 @@ impl Connection {
         in_transaction: bool,
     ) -> Result<Vec<Row>, Failure> {
         if self.config.unnamed_statements {
-            if !in_transaction && sql::may_open_transaction(sql) {
+            if !in_transaction && self.dirties(sql) {
                 self.set_dirty(true);
             }
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
-        let (stmt, opens_transaction) = self.prepare_cached(sql).await?;
-        if opens_transaction && !in_transaction {
+        let (stmt, leaves_state) = self.prepare_cached(sql).await?;
+        if leaves_state && !in_transaction {
             self.set_dirty(true);
         }
         match tracked!(&self.broken, self.client.query(&stmt, params)) {
@@ -666,13 +695,13 @@ impl Connection {
         in_transaction: bool,
     ) -> Result<u64, Failure> {
         if self.config.unnamed_statements {
-            if !in_transaction && sql::may_open_transaction(sql) {
+            if !in_transaction && self.dirties(sql) {
                 self.set_dirty(true);
             }
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
-        let (stmt, opens_transaction) = self.prepare_cached(sql).await?;
-        if opens_transaction && !in_transaction {
+        let (stmt, leaves_state) = self.prepare_cached(sql).await?;
+        if leaves_state && !in_transaction {
             self.set_dirty(true);
         }
         match tracked!(&self.broken, self.client.execute(&stmt, params)) {
@@ -743,7 +772,7 @@ impl Connection {
     }
 
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
-        if sql::may_open_transaction(sql) {
+        if self.dirties(sql) {
             self.set_dirty(true);
         }
         if self.is_closed() {
@@ -972,14 +1001,14 @@ impl Connection {
             return Err(closed_error(&self.client).await);
         }
         let started = if self.config.unnamed_statements {
-            if sql::may_open_transaction(sql) {
+            if self.dirties(sql) {
                 self.set_dirty(true);
             }
             let typed = params.iter().copied().zip(infer_types(params)?);
             tracked!(&self.broken, self.client.query_typed_raw(sql, typed))
         } else {
-            let (stmt, opens_transaction) = Self::settle(self.prepare_cached(sql).await)?;
-            if opens_transaction {
+            let (stmt, leaves_state) = Self::settle(self.prepare_cached(sql).await)?;
+            if leaves_state {
                 self.set_dirty(true);
             }
             let params = params.iter().copied();
@@ -1342,7 +1371,8 @@ impl Connection {
     /// # Cancel safety
     ///
     /// Dropping the future with a statement in flight marks the connection broken (a pooled
-    /// one is closed rather than reused); nothing was committed.
+    /// one is closed rather than reused). Nothing was committed, unless the `COMMIT` itself
+    /// was in flight: then the outcome is unknown.
     ///
     /// # Examples
     ///
@@ -1490,10 +1520,11 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
-        if self.is_dirty() || self.abandoned_transaction {
+        let queued = std::mem::take(&mut self.rollback_queued);
+        if (self.is_dirty() || self.abandoned_transaction) && !queued {
             self.client.batch_execute("ROLLBACK").await?;
-            self.abandoned_transaction = false;
         }
+        self.abandoned_transaction = false;
         let recycling = self.config.recycling.clone();
         match recycling {
             Recycling::Fast => {}

@@ -136,7 +136,13 @@ impl Manager for PgManager {
     }
 
     fn is_broken(&self, conn: &mut Connection) -> bool {
-        conn.must_discard()
+        if conn.must_discard() {
+            return true;
+        }
+        // Asked as the connection goes back (and again at checkout): a transaction left open
+        // ends now, not when the connection next serves someone.
+        conn.end_transaction_now();
+        false
     }
 
     fn needs_check(&self, conn: &mut Connection) -> bool {

@@ -602,8 +602,8 @@ impl PgPool {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future returns the connection; if the statement was in flight, the
-    /// connection is rolled back and checked before its next use.
+    /// Dropping the future returns the connection; if the statement was in flight, the rest
+    /// of its answer would still come, so the connection is closed rather than handed on.
     ///
     /// # Examples
     ///

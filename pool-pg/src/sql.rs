@@ -928,7 +928,7 @@ const KEYWORD_MAX: usize = 10;
 ///
 /// Runs before every statement, so it works on bytes and allocates nothing.
 fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize, &[u8])> {
-    sql.as_bytes().split(|&b| b == b';').map(|statement| {
+    statements(sql.as_bytes()).map(|statement| {
         let (word, rest) = next_word(statement);
         let mut lower = [0u8; KEYWORD_MAX];
         let len = if word.len() <= KEYWORD_MAX {
@@ -940,6 +940,45 @@ fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize,
             0
         };
         (lower, len, rest)
+    })
+}
+
+/// `sql` cut at each `;` that is outside comments and quotes (single, double). Dollar-quoted
+/// bodies are not recognised: a `;` inside one cuts there, which can only make the callers
+/// above see more statements, and so say yes more often.
+fn statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(sql);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let mut i = 0;
+        while i < text.len() {
+            match text[i] {
+                b';' => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(&text[..i]);
+                }
+                b'-' if text[i..].starts_with(b"--") => {
+                    i += text[i..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .unwrap_or(text.len() - i);
+                }
+                b'/' if text[i..].starts_with(b"/*") => {
+                    let skipped = text.len() - i - skip_blanks_and_comments(&text[i..]).len();
+                    i += skipped.max(2);
+                }
+                quote @ (b'\'' | b'"') => {
+                    i += 1 + text[i + 1..]
+                        .iter()
+                        .position(|&b| b == quote)
+                        .unwrap_or(text.len() - i - 1);
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        rest = None;
+        Some(text)
     })
 }
 
@@ -1046,6 +1085,13 @@ mod transaction_tests {
         assert!(!may_open_transaction("/* BEGIN */ SELECT 1"));
         assert!(!may_open_transaction("-- BEGIN\nSELECT 1"));
         assert!(!may_open_transaction("/* BEGIN"));
+        // A `;` inside a comment or a quoted string does not end the statement.
+        assert!(may_open_transaction("/* req=1; user=2 */ BEGIN"));
+        assert!(may_open_transaction("-- see; note\nBEGIN"));
+        assert!(may_open_transaction("/* a */ /* b; c */ START TRANSACTION"));
+        assert!(!may_open_transaction("SELECT ';begin'"));
+        assert!(!may_open_transaction("SELECT \"a;begin\" FROM t"));
+        assert!(may_open_transaction("SELECT 'it''s; fine'; BEGIN"));
     }
 
     #[test]

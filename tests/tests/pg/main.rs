@@ -97,4 +97,6 @@ momopool_tests::matrix!(
     statement_list_lost_before_commit_runs_again,
     standalone_connection_speaks_the_pools_api,
     callproc_resolves_overloaded_names,
+    returned_transaction_releases_its_locks_at_once,
+    clean_recycling_resets_even_a_quick_reuse,
 );

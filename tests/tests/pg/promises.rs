@@ -507,3 +507,121 @@ pub(crate) async fn callproc_resolves_overloaded_names(rt: Rt) {
     assert_eq!(err.code().map(|c| c.code()), Some("42725"), "{err:?}");
     conn.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// A connection given back inside a transaction (left open by its borrower, or by a
+/// transaction closure dropped half-way) ends it at once: its row locks do not wait for the
+/// connection's next checkout, which may never come while other connections serve the load.
+pub(crate) async fn returned_transaction_releases_its_locks_at_once(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "locks_released");
+    let pool = pool_for(&rt, server.config(&table), |b| {
+        b.min_size(1).max_size(2).validation(Validation::Never)
+    })
+    .await;
+    let admin = admin_pool(&rt, &table).await;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, x int); \
+             INSERT INTO {table} VALUES (1, 0)"
+        ))
+        .await
+        .unwrap();
+    let update = format!("UPDATE {table} SET x = x + 1 WHERE id = 1");
+    // Another session updates the row, giving up after 3 s of waiting for its lock.
+    let update_elsewhere = || async {
+        let mut other = admin.get().await.unwrap();
+        let result = other
+            .batch_execute(&format!(
+                "SET lock_timeout = '3s'; {update}; RESET lock_timeout"
+            ))
+            .await;
+        drop(other);
+        result
+    };
+
+    // Left open by the borrower.
+    let mut conn = pool.get().await.unwrap();
+    conn.batch_execute(&format!("BEGIN; {update}"))
+        .await
+        .unwrap();
+    drop(conn);
+    let started = Instant::now();
+    let result = update_elsewhere().await;
+    assert!(
+        result.is_ok(),
+        "[{}] the lock was still held after {:?}: {result:?}",
+        rt.name(),
+        started.elapsed()
+    );
+
+    // Left open by a transaction closure whose future was dropped while it waited.
+    let (updated, is_updated) = futures::channel::oneshot::channel::<()>();
+    let mut updated = Some(updated);
+    let closure = pool.transaction_with(|tx| {
+        let update = update.clone();
+        let updated = updated.take();
+        Box::pin(async move {
+            tx.execute(&update, &[]).await?;
+            if let Some(updated) = updated {
+                let _ = updated.send(());
+            }
+            futures::future::pending::<()>().await;
+            Ok(())
+        })
+    });
+    let closure = Box::pin(closure);
+    match futures::future::select(closure, is_updated).await {
+        futures::future::Either::Left((outcome, _)) => {
+            panic!("[{}] the closure ended: {outcome:?}", rt.name())
+        }
+        futures::future::Either::Right((signal, closure)) => {
+            signal.unwrap();
+            drop(closure);
+        }
+    }
+    let result = update_elsewhere().await;
+    assert!(result.is_ok(), "[{}] {result:?}", rt.name());
+    // Both transactions were rolled back; only the other session's updates stayed.
+    let x: i32 = admin
+        .query_one(&format!("SELECT x FROM {table} WHERE id = 1"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(x, 2);
+}
+
+/// With `Recycling::Clean`, a statement that changes the session (here `SET`) makes the pool
+/// reset the connection before its next borrower, even one that comes at once (well within
+/// the validation threshold).
+pub(crate) async fn clean_recycling_resets_even_a_quick_reuse(rt: Rt) {
+    let server = pg::shared();
+    let app = unique(&rt, "clean_quick");
+    let config = server.config(&app).recycling(Recycling::Clean);
+    let pool = pool_for(&rt, config, |b| b.min_size(1).max_size(1)).await;
+    let mut conn = pool.get().await.unwrap();
+    let default: String = conn
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    conn.execute("SET search_path TO pg_catalog", &[])
+        .await
+        .unwrap();
+    conn.batch_execute("SET statement_timeout = '7s'")
+        .await
+        .unwrap();
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let path: String = conn
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, default, "[{}]", rt.name());
+    let timeout: String = conn
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "0", "[{}]", rt.name());
+}
