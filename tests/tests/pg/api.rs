@@ -949,21 +949,39 @@ pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
 /// transaction fail) and waits for ever, and drops it after a moment, as a timeout would.
 async fn abandon_transaction(rt: &Rt, conn: &mut Connection, insert: &str, x: i32, fail: bool) {
     let insert = insert.to_string();
+    let (waiting, is_waiting) = futures::channel::oneshot::channel();
     let closure = conn.transaction_with(move |tx| {
         Box::pin(async move {
             tx.execute(&insert, &[&x]).await?;
             if fail {
                 assert!(tx.batch_execute("SELECT 1/0").await.is_err());
             }
+            let _ = waiting.send(());
             futures::future::pending::<Result<(), Error>>().await
         })
     });
-    let outcome = rt.timeout(Duration::from_millis(200), closure).await;
-    assert!(
-        outcome.is_none(),
-        "[{}] the closure was still waiting",
-        rt.name()
-    );
+    drop_once_waiting(rt, closure, is_waiting).await;
+}
+
+/// Drives `fut` until `waiting` fires (its closure has sent its statements and waits), then
+/// drops it, as a timeout around it would: no statement is in flight at that moment, however
+/// slowly the machine runs.
+async fn drop_once_waiting<F>(rt: &Rt, fut: F, waiting: futures::channel::oneshot::Receiver<()>)
+where
+    F: std::future::Future,
+    F::Output: std::fmt::Debug,
+{
+    let raced = futures::future::select(Box::pin(fut), waiting);
+    match rt.timeout(Duration::from_secs(30), raced).await {
+        Some(futures::future::Either::Right((signal, fut))) => {
+            signal.expect("the closure reached its wait");
+            drop(fut);
+        }
+        Some(futures::future::Either::Left((outcome, _))) => {
+            panic!("[{}] the closure ended: {outcome:?}", rt.name())
+        }
+        None => panic!("[{}] the closure never reached its wait", rt.name()),
+    }
 }
 
 /// Whether the session is outside any transaction, as its next statement sees it, and how
@@ -1188,19 +1206,20 @@ pub(crate) async fn cancelled_pool_transaction_leaves_nothing_behind(rt: Rt) {
          (SELECT count(*)::int FROM {table})"
     );
     for round in 0..2 {
-        let cancelled = rt
-            .timeout(
-                Duration::from_millis(200),
-                pool.transaction_with(|tx| {
-                    let insert = insert.clone();
-                    Box::pin(async move {
-                        tx.execute(&insert, &[]).await?;
-                        futures::future::pending::<Result<(), Error>>().await
-                    })
-                }),
-            )
-            .await;
-        assert!(cancelled.is_none(), "the closure was still waiting");
+        let (waiting, is_waiting) = futures::channel::oneshot::channel();
+        let mut waiting = Some(waiting);
+        let closure = pool.transaction_with(|tx| {
+            let insert = insert.clone();
+            let waiting = waiting.take();
+            Box::pin(async move {
+                tx.execute(&insert, &[]).await?;
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(());
+                }
+                futures::future::pending::<Result<(), Error>>().await
+            })
+        });
+        drop_once_waiting(&rt, closure, is_waiting).await;
         let row = if round == 0 {
             pool.query_one(&state, &[]).await.unwrap()
         } else {
