@@ -399,8 +399,13 @@ impl PgConfig {
     /// Without one (the default), a pool gives each host but the last an equal share of what
     /// is left of its create timeout, and a standalone
     /// [`Connection::connect`](crate::Connection::connect) does the same within 10 s in all.
-    /// `None` sets no limit per host, and none for a standalone connect; a pool's create
-    /// timeout still applies, and is still shared between the hosts.
+    /// With one, a pool still gives each host but the last at most that share, so a silent
+    /// host cannot use a create timeout shorter than this one up. `None` sets no limit per
+    /// host, and none for a standalone connect; a pool's create timeout still applies, and is
+    /// still shared between the hosts.
+    ///
+    /// A DSN's `connect_timeout=0` reads as no setting (tokio-postgres drops it), while
+    /// `PGCONNECT_TIMEOUT=0` and `connect_timeout(None)` mean no limit.
     ///
     /// # Examples
     ///

@@ -393,11 +393,17 @@ impl Connection {
         let mut last = None;
         for (i, (target, port)) in targets.iter().enumerate() {
             let hosts_left = targets.len() - i;
-            let limit = per_host.or_else(|| {
-                let deadline = deadline.filter(|_| hosts_left > 1)?;
-                let share = u32::try_from(hosts_left).unwrap_or(u32::MAX);
-                Some(deadline.saturating_duration_since(Instant::now()) / share)
+            // Each host but the last gets at most a fair share of what is left of the overall
+            // deadline, even with a longer per-host timeout: a silent host must leave the
+            // others their turn.
+            let share = deadline.filter(|_| hosts_left > 1).map(|deadline| {
+                let hosts = u32::try_from(hosts_left).unwrap_or(u32::MAX);
+                deadline.saturating_duration_since(Instant::now()) / hosts
             });
+            let limit = match (per_host, share) {
+                (Some(per_host), Some(share)) => Some(per_host.min(share)),
+                (per_host, share) => per_host.or(share),
+            };
             let attempt = Self::open_one(&config, &runtime, target, *port);
             let outcome = match limit {
                 None => attempt.await,

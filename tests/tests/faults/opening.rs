@@ -405,6 +405,32 @@ pub(crate) async fn a3_deaf_first_host_fails_over_to_the_next(rt: Rt) {
     );
     halves.close();
 
+    // A per-host timeout longer than the create timeout: the deaf host still gets only its
+    // share (half of 3 s), so the second host has its turn.
+    let started = Instant::now();
+    let capped = within(
+        &rt,
+        Duration::from_secs(5),
+        "the eager build",
+        builder(
+            &rt,
+            proxy_then_server(server, &proxy, &format!("{app}_cap"), "connect_timeout=10"),
+        )
+        .min_size(1)
+        .max_size(1)
+        .configure(|b| b.create_timeout(Duration::from_secs(3)))
+        .build_eager(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{}] the second host was not reached: {e}", rt.name()));
+    in_range(
+        "the eager build",
+        started.elapsed(),
+        half,
+        Duration::from_millis(2900),
+    );
+    capped.close();
+
     // Standalone, with the builder's per-host timeout.
     let config = proxy_then_server(server, &proxy, &app, "").connect_timeout(second);
     let started = Instant::now();
