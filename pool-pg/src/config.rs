@@ -362,7 +362,12 @@ impl PgConfig {
     /// pooling requires. The statement cache is not used. Parameter types are inferred from
     /// the Rust values (integers, floats, booleans, text, `bytea`, JSON(B), arrays of those,
     /// and the date, time, UUID and network types tokio-postgres knows); a parameter of
-    /// another type is an [`Error::InvalidInput`].
+    /// another type is an [`Error::InvalidInput`]. Two exceptions, named statements that
+    /// tokio-postgres prepares itself: `COPY` through
+    /// [`Connection::copy_in`](crate::Connection::copy_in) and
+    /// [`copy_out`](crate::Connection::copy_out), and the portal of a
+    /// [`Connection::cursor`](crate::Connection::cursor); both run inside a transaction
+    /// there, or should, which keeps them on one server connection behind PgBouncer.
     ///
     /// # Examples
     ///

@@ -1038,6 +1038,11 @@ impl Connection {
     /// Runs a `COPY ... TO STDOUT` statement and streams its data as it arrives. The stream
     /// borrows the connection until dropped.
     ///
+    /// tokio-postgres prepares a named statement for a `COPY`, even with
+    /// [`PgConfig::unnamed_statements`](crate::PgConfig::unnamed_statements): behind
+    /// PgBouncer's transaction pooling, run it inside a transaction, which keeps the prepare
+    /// and the copy on one server connection.
+    ///
     /// # Errors
     ///
     /// As for [`query`](Connection::query), when the statement cannot start; the stream
@@ -1076,6 +1081,9 @@ impl Connection {
     /// Runs a `COPY ... FROM STDIN` statement and returns the sink its data goes to: send
     /// the data, then [`finish`](CopyInSink::finish) it. The sink borrows the connection
     /// until dropped.
+    ///
+    /// As for [`copy_out`](Connection::copy_out), tokio-postgres prepares a named statement
+    /// for the `COPY`, even with unnamed statements configured.
     ///
     /// # Errors
     ///
