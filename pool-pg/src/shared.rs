@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
 
 /// Settings of the shared mode; see [`PgPoolBuilder::shared`](crate::PgPoolBuilder::shared).
 ///
@@ -62,13 +63,12 @@ use std::time::{Duration, Instant};
 /// gets [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown), and it is not replayed, even
 /// when marked idempotent (its deadline has passed).
 ///
-/// One race remains, documented rather than hidden: the cancel request travels on a socket of
-/// its own, so when the timed-out statement finishes just before the cancel reaches the
-/// server, the server cancels the next statement pipelined on that connection, another
-/// caller's. That caller gets SQLSTATE 57014 (`query_canceled`), an error with a known
-/// outcome: the statement did not take effect. Calls that cannot accept it, or pools whose
-/// deadlines are short next to their statements' run times, use the exclusive mode, where a
-/// connection serves one caller at a time and a cancel can only hit that caller's statement.
+/// The cancel request travels on a socket of its own, so when the timed-out statement
+/// finishes just before the cancel reaches the server, the server cancels the next statement
+/// pipelined on that connection, another caller's. That statement took no effect (its
+/// implicit transaction is rolled back), so it runs again, once, on another lane or
+/// connection, and its caller never hears of it; only its latency shows it. A second such
+/// cancel reaches the caller as SQLSTATE 57014 (`query_canceled`).
 ///
 /// # Examples
 ///
@@ -584,6 +584,27 @@ impl Lanes {
         work: &Work<'_>,
         deadline: Option<(Duration, Instant)>,
     ) -> Option<Result<Done, Failure>> {
+        let outcome = self.perform_once(pool, work, deadline).await;
+        match &outcome {
+            // Cancelled by a cancel request meant for another caller's statement (see
+            // `perform_once`): it took no effect, so it runs again, once, on a lane chosen
+            // afresh (or on the exclusive path).
+            Some(Err(Failure { error, sent: false }))
+                if error.code() == Some(&SqlState::QUERY_CANCELED) =>
+            {
+                tracing::debug!("a statement hit by another's cancel request runs again");
+                self.perform_once(pool, work, deadline).await
+            }
+            _ => outcome,
+        }
+    }
+
+    async fn perform_once(
+        &self,
+        pool: &Pool<PgManager>,
+        work: &Work<'_>,
+        deadline: Option<(Duration, Instant)>,
+    ) -> Option<Result<Done, Failure>> {
         let mut waited_for_room = false;
         let ticket = loop {
             match self.pick(pool, !waited_for_room) {
@@ -644,6 +665,19 @@ impl Lanes {
                     }
                 }
             }
+        };
+        // A deadline on this lane sent a cancel request for the statement then running, and
+        // marked the connection broken. The request travels on a socket of its own: when that
+        // statement finished first, the server cancels the next one, possibly this caller's.
+        // A cancelled single statement has no effect (its implicit transaction is rolled
+        // back), so it counts as not sent.
+        let outcome = match outcome {
+            Err(Failure { error, sent: true })
+                if conn.is_closed() && error.code() == Some(&SqlState::QUERY_CANCELED) =>
+            {
+                Err(Failure { error, sent: false })
+            }
+            outcome => outcome,
         };
         Some(outcome)
     }

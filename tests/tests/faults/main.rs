@@ -290,6 +290,7 @@ momopool_tests::matrix!(
     a3_postmaster_stopped_accepts_but_never_answers,
     a3_deaf_first_host_fails_over_to_the_next,
     a3_listen_on_a_deaf_server_times_out,
+    c5_shared_mode_late_cancel_hits_the_next_statement,
     a4_slow_connects_under_a_burst,
     a5_too_many_connections,
     a6_rejected_by_pg_hba_or_unknown_database,

@@ -683,3 +683,76 @@ pub(crate) async fn c5_blocked_by_a_lock(rt: Rt) {
         .await
         .unwrap();
 }
+
+/// C5 in shared mode: a deadline's cancel request travels on a socket of its own, and here
+/// (200 ms of latency each way) it reaches the server after the timed-out statement finished,
+/// while the next statement pipelined on that connection, another caller's, runs. The server
+/// cancels that one; it took no effect, so it runs again and its caller never hears of it.
+pub(crate) async fn c5_shared_mode_late_cancel_hits_the_next_statement(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "c5_late_cancel");
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(1)
+        .shared(SharedMode {
+            connections: 1,
+            max_in_flight: 8,
+            stall_after: Duration::from_secs(5),
+        })
+        .configure(|b| b.wait_timeout(Duration::from_secs(20)))
+        .build_eager()
+        .await
+        .unwrap();
+    // One statement for both calls, prepared now on the lane's connection (the one of the
+    // pool), so that each call is a single round trip.
+    let sleep = "SELECT $1::int FROM pg_sleep($2::float8)";
+    pool.query_one(sleep, &[&0i32, &0.0f64]).await.unwrap();
+    let admin = admin_for(&rt, server, &app).await;
+    let seen = watch(&rt, &pool);
+    proxy.delay(Duration::from_millis(200));
+
+    // A reaches the server at 0.2 s and ends at 0.4 s; its answer would come at 0.6 s, but its
+    // deadline is 0.3 s: the cancel leaves then and arrives at about 0.5 s, when B runs.
+    let timed = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            pool.with(CallOptions::new().timeout(Duration::from_millis(300)))
+                .query_one(sleep, &[&1i32, &0.2f64])
+                .await
+                .map(drop)
+        })
+    };
+    rt.sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    let next = pool.query_one(sleep, &[&2i32, &1.0f64]).await;
+    let took = started.elapsed();
+    let err = within(&rt, Duration::from_secs(5), "the timed-out call", timed)
+        .await
+        .expect_err("the first call's deadline passed");
+    assert!(err.is_timeout(), "[{}] {err:?}", rt.name());
+    let two: i32 = next
+        .unwrap_or_else(|e| panic!("[{}] the next caller heard of it: {e:?}", rt.name()))
+        .get(0);
+    assert_eq!(two, 2);
+    // It ran twice: cancelled, then again on a fresh connection.
+    assert!(
+        took > Duration::from_millis(1400),
+        "[{}] the next statement took {took:?}: was it cancelled at all?",
+        rt.name()
+    );
+    proxy.delay(Duration::ZERO);
+    // `finish` expects every connection back in the pool, but the lane keeps its own.
+    seen.stop(&rt).await;
+    momopool_tests::assert_accounting(pool.inner());
+    let status = pool.inner().status();
+    assert_eq!(status.waiting, 0);
+    assert!(status.in_use <= 1, "only the lane holds a connection");
+    let row = pool
+        .with(CallOptions::new().exclusive())
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_backends_match(&rt, &pool, &admin, &app).await;
+}
