@@ -615,7 +615,14 @@ impl PgConfig {
         (0..count)
             .map(|i| {
                 let target = match (hostaddrs.get(i), hosts.get(i)) {
-                    (Some(addr), _) => Target::Addr(*addr),
+                    // The host name, if any, is still the name TLS checks the certificate for.
+                    (Some(addr), host) => Target::Addr(
+                        *addr,
+                        match host {
+                            Some(Host::Tcp(name)) => Some(name.clone()),
+                            _ => None,
+                        },
+                    ),
                     (None, Some(Host::Tcp(name))) => Target::Name(name.clone()),
                     #[cfg(unix)]
                     (None, Some(Host::Unix(dir))) => Target::Unix(dir.clone()),
@@ -630,7 +637,8 @@ impl PgConfig {
 /// One place a connection can be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    Addr(std::net::IpAddr),
+    /// An address (`hostaddr`), with the host name given beside it, which TLS verifies.
+    Addr(std::net::IpAddr, Option<String>),
     Name(String),
     Unix(std::path::PathBuf),
 }
@@ -638,7 +646,7 @@ pub(crate) enum Target {
 impl Target {
     pub(crate) fn describe(&self, port: u16) -> String {
         match self {
-            Target::Addr(addr) => format!("{addr}:{port}"),
+            Target::Addr(addr, _) => format!("{addr}:{port}"),
             Target::Name(name) => format!("{name}:{port}"),
             Target::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
         }
@@ -773,15 +781,18 @@ mod tests {
         assert_eq!(
             config.targets(),
             [
-                (Target::Addr("127.0.0.1".parse().unwrap()), 6432),
-                (Target::Addr("::1".parse().unwrap()), 6432),
+                (Target::Addr("127.0.0.1".parse().unwrap(), None), 6432),
+                (Target::Addr("::1".parse().unwrap(), None), 6432),
             ]
         );
         // With PGHOST too, the address is what is connected to.
         let config = vars(&[("PGHOST", "db.internal"), ("PGHOSTADDR", "10.1.2.3")]).unwrap();
         assert_eq!(
             config.targets(),
-            [(Target::Addr("10.1.2.3".parse().unwrap()), 5432)]
+            [(
+                Target::Addr("10.1.2.3".parse().unwrap(), Some("db.internal".into())),
+                5432
+            )]
         );
         assert_eq!(config.pg.get_hosts().len(), 1);
 

@@ -113,7 +113,9 @@ fn tls_connector(
 >{
     use tokio_postgres::tls::MakeTlsConnect;
     let name = match target {
-        Target::Addr(addr) => addr.to_string(),
+        // With `hostaddr`, the certificate is checked for the host name given beside it, as
+        // libpq does; without a name, for the address.
+        Target::Addr(addr, name) => name.clone().unwrap_or_else(|| addr.to_string()),
         Target::Name(name) => name.clone(),
         Target::Unix(_) => "localhost".to_string(),
     };
@@ -2060,7 +2062,7 @@ async fn connect_socket(
         Target::Unix(dir) => Ok(runtime
             .connect_unix(dir.join(format!(".s.PGSQL.{port}")))
             .await?),
-        Target::Addr(addr) => Ok(runtime.connect_tcp(SocketAddr::new(*addr, port)).await?),
+        Target::Addr(addr, _) => Ok(runtime.connect_tcp(SocketAddr::new(*addr, port)).await?),
         Target::Name(name) => {
             let addrs = resolve(name.clone(), port).await?;
             let mut last = None;

@@ -912,6 +912,31 @@ pub(crate) async fn tls_connections_are_encrypted(rt: Rt) {
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
+
+    // With `hostaddr`, the certificate is checked for the host name beside it (as libpq
+    // does), not for the address connected to: the certificate names `localhost` and
+    // 127.0.0.1, so `localhost` passes and another name fails, at the same address.
+    let at = |host: &str| {
+        momopool_pg::PgConfig::from_dsn(&format!(
+            "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
+             sslmode=require"
+        ))
+        .unwrap()
+        .tls_roots_pem(pg::tls_certificate_pem().as_bytes())
+        .unwrap()
+    };
+    let conn = Connection::connect_with(at("localhost"), rt.pg_runtime())
+        .await
+        .unwrap_or_else(|e| panic!("[{}] {e:?}", rt.name()));
+    drop(conn);
+    let err = Connection::connect_with(at("elsewhere.invalid"), rt.pg_runtime())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Connect { .. }),
+        "[{}] {err:?}",
+        rt.name()
+    );
 }
 
 /// A connection returned while its statement's answer is still coming is discarded: the
