@@ -845,7 +845,7 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// As for [`query`](Connection::query), and [`Error::Postgres`] when the statement
+    /// As for [`query`](Connection::query), and [`Error::InvalidInput`] when the statement
     /// returned no row or several.
     ///
     /// # Cancel safety
@@ -872,7 +872,8 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// As for [`query`](Connection::query), and an error when it returned several rows.
+    /// As for [`query`](Connection::query), and [`Error::InvalidInput`] when it returned
+    /// several rows.
     ///
     /// # Cancel safety
     ///
@@ -1703,7 +1704,8 @@ impl Transaction<'_> {
     ///
     /// # Errors
     ///
-    /// As for [`Transaction::query`], and when the statement did not return exactly one row.
+    /// As for [`Transaction::query`], and [`Error::InvalidInput`] when the statement did not
+    /// return exactly one row.
     ///
     /// # Cancel safety
     ///
@@ -1736,7 +1738,8 @@ impl Transaction<'_> {
     ///
     /// # Errors
     ///
-    /// As for [`Transaction::query`], and when it returned several rows.
+    /// As for [`Transaction::query`], and [`Error::InvalidInput`] when it returned several
+    /// rows.
     ///
     /// # Cancel safety
     ///

@@ -626,7 +626,8 @@ impl PgPool {
     ///
     /// # Errors
     ///
-    /// As for [`execute`](PgPool::execute), and when it did not return exactly one row.
+    /// As for [`execute`](PgPool::execute), and [`Error::InvalidInput`] when it did not return
+    /// exactly one row.
     ///
     /// # Cancel safety
     ///
@@ -647,7 +648,8 @@ impl PgPool {
     ///
     /// # Errors
     ///
-    /// As for [`execute`](PgPool::execute), and when it returned several rows.
+    /// As for [`execute`](PgPool::execute), and [`Error::InvalidInput`] when it returned
+    /// several rows.
     ///
     /// # Cancel safety
     ///

@@ -444,6 +444,28 @@ pub(crate) async fn standalone_connection_speaks_the_pools_api(rt: Rt) {
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
+    // The one-row forms say how many rows came when that is not what they expect.
+    let err = conn
+        .query_one("SELECT 1 UNION ALL SELECT 2", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    let err = conn
+        .query_one("SELECT 1 WHERE false", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    let err = conn
+        .query_opt("SELECT 1 UNION ALL SELECT 2", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert!(
+        conn.query_opt("SELECT 1 WHERE false", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
     let insert = format!("INSERT INTO {table} VALUES ($1)");
     let count = format!("SELECT count(*) FROM {table}");
     let results = conn
