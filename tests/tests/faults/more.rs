@@ -2,7 +2,7 @@
 //! and F2 (statements never cross connections; the no-cache mode does everything).
 
 use crate::{
-    EPSILON, admin_for, assert_backends_match, builder, finish, proxy_to, unique, via,
+    EPSILON, Watch, admin_for, assert_backends_match, builder, finish, proxy_to, unique, via,
     wait_for_active, watch, within,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -13,6 +13,23 @@ use momopool_tests::{Rt, pg};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// [`finish`]'s invariants for a pool with one shared-mode lane, which keeps its connection
+/// (where `finish` expects every connection back in the pool).
+async fn finish_with_one_lane(rt: &Rt, pool: &PgPool, admin: &PgPool, app: &str, seen: Watch) {
+    seen.stop(rt).await;
+    momopool_tests::assert_accounting(pool.inner());
+    let status = pool.inner().status();
+    assert_eq!(status.waiting, 0);
+    assert!(status.in_use <= 1, "only the lane holds a connection");
+    let row = pool
+        .with(CallOptions::new().exclusive())
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_backends_match(rt, pool, admin, app).await;
+}
 
 async fn rows(admin: &PgPool, table: &str) -> i64 {
     admin
@@ -165,19 +182,7 @@ pub(crate) async fn b1_idle_shared_lane_closed_just_after_answering(rt: Rt) {
         .unwrap();
     let seen = watch(&rt, &pool);
     closed_after_each_answer(&rt, &pool, &proxy).await;
-    // `finish` expects every connection back in the pool, but the lane keeps its own.
-    seen.stop(&rt).await;
-    momopool_tests::assert_accounting(pool.inner());
-    let status = pool.inner().status();
-    assert_eq!(status.waiting, 0);
-    assert!(status.in_use <= 1, "only the lane holds a connection");
-    let row = pool
-        .with(CallOptions::new().exclusive())
-        .query_one("SELECT 1", &[])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 1);
-    assert_backends_match(&rt, &pool, &admin, &app).await;
+    finish_with_one_lane(&rt, &pool, &admin, &app, seen).await;
 }
 
 /// C2: the network cuts a connection after N bytes, here in the middle of a statement. The
@@ -742,17 +747,5 @@ pub(crate) async fn c5_shared_mode_late_cancel_hits_the_next_statement(rt: Rt) {
         rt.name()
     );
     proxy.delay(Duration::ZERO);
-    // `finish` expects every connection back in the pool, but the lane keeps its own.
-    seen.stop(&rt).await;
-    momopool_tests::assert_accounting(pool.inner());
-    let status = pool.inner().status();
-    assert_eq!(status.waiting, 0);
-    assert!(status.in_use <= 1, "only the lane holds a connection");
-    let row = pool
-        .with(CallOptions::new().exclusive())
-        .query_one("SELECT 1", &[])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 1);
-    assert_backends_match(&rt, &pool, &admin, &app).await;
+    finish_with_one_lane(&rt, &pool, &admin, &app, seen).await;
 }
