@@ -210,6 +210,7 @@ pub(crate) fn tcp_settings(
         socket.set_tcp_user_timeout(Some(*timeout))?;
     }
     if pg.get_keepalives() {
+        #[allow(unused_mut)] // only the platforms below set more than the time
         let mut keepalive = socket2::TcpKeepalive::new().with_time(pg.get_keepalives_idle());
         #[cfg(not(any(
             target_os = "aix",
@@ -217,17 +218,13 @@ pub(crate) fn tcp_settings(
             target_os = "solaris",
             target_os = "openbsd"
         )))]
-        if let Some(interval) = pg.get_keepalives_interval() {
-            keepalive = keepalive.with_interval(interval);
-        }
-        #[cfg(not(any(
-            target_os = "aix",
-            target_os = "redox",
-            target_os = "solaris",
-            target_os = "openbsd"
-        )))]
-        if let Some(retries) = pg.get_keepalives_retries() {
-            keepalive = keepalive.with_retries(retries);
+        {
+            if let Some(interval) = pg.get_keepalives_interval() {
+                keepalive = keepalive.with_interval(interval);
+            }
+            if let Some(retries) = pg.get_keepalives_retries() {
+                keepalive = keepalive.with_retries(retries);
+            }
         }
         socket.set_tcp_keepalive(&keepalive)?;
     }

@@ -30,12 +30,21 @@ impl<'a> Watch<'a> {
         }
     }
 
-    /// Passes on an item of the inner stream, noting the end of the request.
-    fn item<T>(
+    /// Polls the watched stream, passing its items on and noting the end of the request; once
+    /// it has yielded its end or an error, it is not polled again.
+    fn poll_next<S, T>(
         &mut self,
-        item: Option<Result<T, tokio_postgres::Error>>,
-    ) -> Option<Result<T, Error>> {
-        match item {
+        inner: Pin<&mut S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<T, Error>>>
+    where
+        S: Stream<Item = Result<T, tokio_postgres::Error>>,
+    {
+        if self.fused {
+            return Poll::Ready(None);
+        }
+        let item = ready!(inner.poll_next(cx));
+        Poll::Ready(match item {
             Some(Ok(value)) => Some(Ok(value)),
             Some(Err(err)) => {
                 self.fused = true;
@@ -46,7 +55,15 @@ impl<'a> Watch<'a> {
                 self.ended = true;
                 None
             }
-        }
+        })
+    }
+
+    /// The `Debug` output of the wrapper called `name`.
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("conn", self.conn)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 
     /// Records what an error says about the connection. The server's own error report ends
@@ -98,10 +115,7 @@ impl<'a> RowStream<'a> {
 
 impl std::fmt::Debug for RowStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RowStream")
-            .field("conn", self.watch.conn)
-            .field("ended", &self.watch.ended)
-            .finish_non_exhaustive()
+        self.watch.debug("RowStream", f)
     }
 }
 
@@ -110,11 +124,7 @@ impl Stream for RowStream<'_> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.watch.fused {
-            return Poll::Ready(None);
-        }
-        let item = ready!(this.inner.as_mut().poll_next(cx));
-        Poll::Ready(this.watch.item(item))
+        this.watch.poll_next(this.inner.as_mut(), cx)
     }
 }
 
@@ -148,10 +158,7 @@ impl<'a> CopyOutStream<'a> {
 
 impl std::fmt::Debug for CopyOutStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CopyOutStream")
-            .field("conn", self.watch.conn)
-            .field("ended", &self.watch.ended)
-            .finish_non_exhaustive()
+        self.watch.debug("CopyOutStream", f)
     }
 }
 
@@ -160,11 +167,7 @@ impl Stream for CopyOutStream<'_> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.watch.fused {
-            return Poll::Ready(None);
-        }
-        let item = ready!(this.inner.as_mut().poll_next(cx));
-        Poll::Ready(this.watch.item(item))
+        this.watch.poll_next(this.inner.as_mut(), cx)
     }
 }
 
@@ -237,10 +240,7 @@ where
 
 impl<T> std::fmt::Debug for CopyInSink<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CopyInSink")
-            .field("conn", self.watch.conn)
-            .field("ended", &self.watch.ended)
-            .finish_non_exhaustive()
+        self.watch.debug("CopyInSink", f)
     }
 }
 
