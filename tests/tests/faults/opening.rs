@@ -380,57 +380,39 @@ pub(crate) async fn a3_deaf_first_host_fails_over_to_the_next(rt: Rt) {
     assert!(proxy.stats().opened >= 1, "the deaf host was tried first");
     let seen = watch(&rt, &pool);
 
-    // No connect timeout: the deaf host gets half of the 4 s create timeout.
-    let started = Instant::now();
-    let halves = within(
-        &rt,
-        Duration::from_secs(7),
-        "the eager build",
-        builder(
+    // A pool of one with a 4 s create timeout, built with `options` in the DSN: the deaf host
+    // gets half of the 4 s, both without a per-host timeout and with one longer than that
+    // share, so the second host has its turn.
+    for (suffix, options) in [("share", ""), ("cap", "connect_timeout=10")] {
+        let started = Instant::now();
+        let halves = within(
             &rt,
-            proxy_then_server(server, &proxy, &format!("{app}_share"), ""),
+            Duration::from_secs(7),
+            "the eager build",
+            builder(
+                &rt,
+                proxy_then_server(server, &proxy, &format!("{app}_{suffix}"), options),
+            )
+            .min_size(1)
+            .max_size(1)
+            .configure(|b| b.create_timeout(Duration::from_secs(4)))
+            .build_eager(),
         )
-        .min_size(1)
-        .max_size(1)
-        .configure(|b| b.create_timeout(Duration::from_secs(4)))
-        .build_eager(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("[{}] the second host was not reached: {e}", rt.name()));
-    let half = Duration::from_secs(2);
-    in_range(
-        "the eager build",
-        started.elapsed(),
-        half,
-        Duration::from_millis(3900),
-    );
-    halves.close();
-
-    // A per-host timeout longer than the create timeout: the deaf host still gets only its
-    // share (half of 4 s), so the second host has its turn.
-    let started = Instant::now();
-    let capped = within(
-        &rt,
-        Duration::from_secs(7),
-        "the eager build",
-        builder(
-            &rt,
-            proxy_then_server(server, &proxy, &format!("{app}_cap"), "connect_timeout=10"),
-        )
-        .min_size(1)
-        .max_size(1)
-        .configure(|b| b.create_timeout(Duration::from_secs(4)))
-        .build_eager(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("[{}] the second host was not reached: {e}", rt.name()));
-    in_range(
-        "the eager build",
-        started.elapsed(),
-        half,
-        Duration::from_millis(3900),
-    );
-    capped.close();
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "[{}] {options:?}: the second host was not reached: {e}",
+                rt.name()
+            )
+        });
+        in_range(
+            &format!("the eager build with {options:?}"),
+            started.elapsed(),
+            Duration::from_secs(2),
+            Duration::from_millis(3900),
+        );
+        halves.close();
+    }
 
     // Standalone, with the builder's per-host timeout.
     let config = proxy_then_server(server, &proxy, &app, "").connect_timeout(second);
