@@ -275,9 +275,6 @@ pub struct Connection {
     dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
-    /// A transaction closure's future was dropped half-way: its transaction is still open on
-    /// the server, and is rolled back before the connection runs anything else.
-    abandoned_transaction: bool,
     /// The raw client was handed out ([`Connection::client`]): the pool discards the
     /// connection when it comes back.
     raw_client: bool,
@@ -482,7 +479,6 @@ impl Connection {
             backend_pid: 0,
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
-            abandoned_transaction: false,
             raw_client: false,
             rollback_queued: false,
             target: (target.clone(), port),
@@ -566,14 +562,18 @@ impl Connection {
     /// may be much later when other connections serve the load). The check at the next
     /// checkout still runs the recycling method.
     pub(crate) fn end_transaction_now(&mut self) {
-        if (self.is_dirty() || self.abandoned_transaction) && !self.rollback_queued {
-            // tokio-postgres sends a request on the first poll of its future, before it waits
-            // for the answer: dropping the future after one poll drops only the wait, and the
-            // driver discards the answer.
-            let _ = futures::FutureExt::now_or_never(self.client.batch_execute("ROLLBACK"));
+        if self.is_dirty() && !self.rollback_queued {
+            self.queue_rollback();
             self.rollback_queued = true;
-            self.abandoned_transaction = false;
         }
+    }
+
+    /// Sends a `ROLLBACK` without waiting for its answer: it goes ahead of anything sent
+    /// later. tokio-postgres sends a request on the first poll of its future, before it waits
+    /// for the answer; dropping the future after that one poll drops only the wait, and the
+    /// driver discards the answer. Being synchronous, it can run in a destructor.
+    fn queue_rollback(&self) {
+        let _ = futures::FutureExt::now_or_never(self.client.batch_execute("ROLLBACK"));
     }
 
     /// Whether the pool must not hand the connection on: it is closed or broken, or its raw
@@ -792,21 +792,6 @@ impl Connection {
         })
     }
 
-    /// Rolls back the transaction of a closure whose future was dropped half-way (see
-    /// [`transaction`](Connection::transaction)), if there is one: what every statement
-    /// method of the connection does first. The caller's statement is not sent when this
-    /// fails.
-    async fn end_abandoned_transaction(&mut self) -> Result<(), Error> {
-        if self.abandoned_transaction {
-            self.try_batch("ROLLBACK")
-                .await
-                .map_err(|failure| failure.error)?;
-            self.abandoned_transaction = false;
-            self.set_dirty(false);
-        }
-        Ok(())
-    }
-
     /// Runs a statement and returns its rows.
     ///
     /// A statement whose cached plan a schema change made stale is prepared again and run
@@ -837,7 +822,6 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.end_abandoned_transaction().await?;
         Self::settle(self.try_query(sql, params, false).await)
     }
 
@@ -948,7 +932,6 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.end_abandoned_transaction().await?;
         Self::settle(self.try_execute(sql, params, false).await)
     }
 
@@ -971,7 +954,6 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        self.end_abandoned_transaction().await?;
         Self::settle(self.try_batch(sql).await)
     }
 
@@ -1005,7 +987,6 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<RowStream<'_>, Error> {
-        self.end_abandoned_transaction().await?;
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
@@ -1068,7 +1049,6 @@ impl Connection {
     /// # Ok(()) }
     /// ```
     pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOutStream<'_>, Error> {
-        self.end_abandoned_transaction().await?;
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
@@ -1112,7 +1092,6 @@ impl Connection {
     where
         T: bytes::Buf + Send + 'static,
     {
-        self.end_abandoned_transaction().await?;
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
@@ -1197,7 +1176,6 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<String, Error> {
-        self.end_abandoned_transaction().await?;
         Self::settle(self.try_mogrify(sql, params).await)
     }
 
@@ -1296,19 +1274,18 @@ impl Connection {
             client,
             dirty,
             broken,
-            abandoned_transaction,
             ..
         } = self;
         let (dirty, broken) = (&*dirty, &*broken);
         dirty.store(true, Ordering::Relaxed);
         enum State<'t> {
-            Start(&'t mut Client, &'t mut bool),
+            Start(&'t mut Client),
             Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
             Done,
         }
         let chunk = chunk.max(1);
         let pages = futures::stream::unfold(
-            (State::Start(client, abandoned_transaction), dirty, broken),
+            (State::Start(client), dirty, broken),
             move |(state, dirty, broken)| async move {
                 let fail = |err: tokio_postgres::Error, broken: &AtomicBool| {
                     if pg_connection_lost(&err) {
@@ -1318,15 +1295,7 @@ impl Connection {
                 };
                 let (tx, portal) = match state {
                     State::Done => return None,
-                    State::Start(client, abandoned_transaction) => {
-                        if *abandoned_transaction {
-                            let rollback = client.batch_execute("ROLLBACK");
-                            if let Err(err) = tracked!(broken, rollback) {
-                                let err = fail(err, broken);
-                                return Some((Err(err), (State::Done, dirty, broken)));
-                            }
-                            *abandoned_transaction = false;
-                        }
+                    State::Start(client) => {
                         let tx = match client.transaction().await {
                             Ok(tx) => tx,
                             Err(err) => {
@@ -1408,7 +1377,6 @@ impl Connection {
         &mut self,
         statements: &[(&str, &[&(dyn ToSql + Sync)])],
     ) -> Result<Vec<Vec<Row>>, Error> {
-        self.end_abandoned_transaction().await?;
         Self::settle(self.try_statements(statements).await)
     }
 
@@ -1423,10 +1391,9 @@ impl Connection {
     /// # Cancel safety
     ///
     /// Dropping the future rolls the transaction back. Dropped while the closure waits between
-    /// statements, the transaction stays open on the server until the connection's next use:
-    /// the `ROLLBACK` is sent before anything else it runs (its next statement, or the pool's
-    /// check when a pooled connection goes back). Dropped with a statement in flight, the
-    /// connection is marked broken instead (a pooled one is closed rather than reused).
+    /// statements, the `ROLLBACK` is sent at once, without waiting for its answer, ahead of
+    /// anything the connection runs next. Dropped with a statement in flight, the connection
+    /// is marked broken instead (a pooled one is closed rather than reused).
     ///
     /// # Examples
     ///
@@ -1459,27 +1426,23 @@ impl Connection {
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
-        self.end_abandoned_transaction()
-            .await
-            .map_err(Failure::unsent)?;
         self.set_dirty(true);
         self.try_batch("BEGIN").await.map_err(|mut failure| {
             // Nothing of the caller's ran yet.
             failure.sent = false;
             failure
         })?;
-        // Set while the caller's closure runs. Dropped there, between statements, this future
-        // leaves the transaction open on the server, and no ROLLBACK can be sent from a
-        // destructor: the connection's next statement sends it first. (Everything else this
-        // method awaits is a tracked request: dropped half-way, it marks the connection
-        // broken.)
-        self.abandoned_transaction = true;
+        // Armed while the caller's closure runs: dropped there, between statements, this
+        // future would leave the transaction open on the server, so the guard queues its
+        // ROLLBACK ahead of anything the connection runs next. (Everything else this method
+        // awaits is a tracked request: dropped half-way, it marks the connection broken.)
+        let abandoned = RollBackIfAbandoned { conn: self };
         let outcome = {
             let mut tx = Transaction { conn: self };
             let fut = f(&mut tx);
             futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
         };
-        self.abandoned_transaction = false;
+        std::mem::forget(abandoned);
         match outcome {
             Ok(Ok(value)) => {
                 self.try_batch("COMMIT").await?;
@@ -1538,10 +1501,9 @@ impl Connection {
             return Err(closed_error(&self.client).await);
         }
         let queued = std::mem::take(&mut self.rollback_queued);
-        if (self.is_dirty() || self.abandoned_transaction) && !queued {
+        if self.is_dirty() && !queued {
             self.client.batch_execute("ROLLBACK").await?;
         }
-        self.abandoned_transaction = false;
         let recycling = self.config.recycling.clone();
         match recycling {
             Recycling::Fast => {}
@@ -1655,7 +1617,20 @@ impl Connection {
 /// # Ok(()) }
 /// ```
 pub struct Transaction<'a> {
-    conn: &'a mut Connection,
+    conn: &'a Connection,
+}
+
+/// Queues a `ROLLBACK` if dropped: the transaction closure it guards was abandoned between
+/// statements. Forgotten once the closure's outcome is in.
+struct RollBackIfAbandoned<'a> {
+    conn: &'a Connection,
+}
+
+impl Drop for RollBackIfAbandoned<'_> {
+    fn drop(&mut self) {
+        self.conn.queue_rollback();
+        self.conn.set_dirty(false);
+    }
 }
 
 impl std::fmt::Debug for Transaction<'_> {
