@@ -1,6 +1,6 @@
 //! Momoko's API on a real server.
 
-use crate::{EPSILON, pool_for, unique};
+use crate::{EPSILON, drop_once_waiting, pool_for, unique};
 use futures::{StreamExt, TryStreamExt};
 use momopool::Removal;
 use momopool_pg::{Connection, Error, Recycling};
@@ -986,27 +986,6 @@ async fn abandon_transaction(rt: &Rt, conn: &mut Connection, insert: &str, x: i3
         })
     });
     drop_once_waiting(rt, closure, is_waiting).await;
-}
-
-/// Drives `fut` until `waiting` fires (its closure has sent its statements and waits), then
-/// drops it, as a timeout around it would: no statement is in flight at that moment, however
-/// slowly the machine runs.
-async fn drop_once_waiting<F>(rt: &Rt, fut: F, waiting: futures::channel::oneshot::Receiver<()>)
-where
-    F: std::future::Future,
-    F::Output: std::fmt::Debug,
-{
-    let raced = futures::future::select(Box::pin(fut), waiting);
-    match rt.timeout(Duration::from_secs(30), raced).await {
-        Some(futures::future::Either::Right((signal, fut))) => {
-            signal.expect("the closure reached its wait");
-            drop(fut);
-        }
-        Some(futures::future::Either::Left((outcome, _))) => {
-            panic!("[{}] the closure ended: {outcome:?}", rt.name())
-        }
-        None => panic!("[{}] the closure never reached its wait", rt.name()),
-    }
 }
 
 /// Whether the session is outside any transaction, as its next statement sees it, and how

@@ -40,6 +40,30 @@ pub(crate) async fn pool_for(
         .unwrap_or_else(|e| panic!("[{}] cannot build the test pool: {e}", rt.name()))
 }
 
+/// Drives `fut` until `waiting` fires (its closure has sent its statements and waits), then
+/// drops it, as a timeout around it would: no statement is in flight at that moment, however
+/// slowly the machine runs.
+pub(crate) async fn drop_once_waiting<F>(
+    rt: &Rt,
+    fut: F,
+    waiting: futures::channel::oneshot::Receiver<()>,
+) where
+    F: std::future::Future,
+    F::Output: std::fmt::Debug,
+{
+    let raced = futures::future::select(Box::pin(fut), waiting);
+    match rt.timeout(Duration::from_secs(30), raced).await {
+        Some(futures::future::Either::Right((signal, fut))) => {
+            signal.expect("the closure reached its wait");
+            drop(fut);
+        }
+        Some(futures::future::Either::Left((outcome, _))) => {
+            panic!("[{}] the closure ended: {outcome:?}", rt.name())
+        }
+        None => panic!("[{}] the closure never reached its wait", rt.name()),
+    }
+}
+
 /// A name unique to this test and runtime, usable as an identifier.
 pub(crate) fn unique(rt: &Rt, test: &str) -> String {
     format!("{test}_{}", rt.name().replace('-', "_"))

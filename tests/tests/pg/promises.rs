@@ -3,7 +3,7 @@
 //! an idempotent transaction, the driver task's end, and revalidation after a server-gone
 //! error.
 
-use crate::{EPSILON, pool_for, unique};
+use crate::{EPSILON, drop_once_waiting, pool_for, unique};
 use momopool::Validation;
 use momopool_pg::{CallOptions, Connection, Error, PgConfig, PgPool, Recycling};
 use momopool_tests::{Rt, pg};
@@ -600,16 +600,7 @@ pub(crate) async fn returned_transaction_releases_its_locks_at_once(rt: Rt) {
             Ok(())
         })
     });
-    let closure = Box::pin(closure);
-    match futures::future::select(closure, is_updated).await {
-        futures::future::Either::Left((outcome, _)) => {
-            panic!("[{}] the closure ended: {outcome:?}", rt.name())
-        }
-        futures::future::Either::Right((signal, closure)) => {
-            signal.unwrap();
-            drop(closure);
-        }
-    }
+    drop_once_waiting(&rt, closure, is_updated).await;
     let result = update_elsewhere().await;
     assert!(result.is_ok(), "[{}] {result:?}", rt.name());
     // Both transactions were rolled back; only the other session's updates stayed.
