@@ -8,16 +8,17 @@
 
 use crate::config::{PgConfig, Recycling, Target};
 use crate::error::{Error, pg_connection_lost};
-use crate::runtime::{PgRuntime, Probe, Socket};
+use crate::runtime::{PgRuntime, Probe, Socket, Written};
 use crate::sql;
 use crate::stream::{CopyInSink, CopyOutStream, RowStream};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -126,6 +127,34 @@ fn tls_connector(
     }
 }
 
+/// A connection that had an answer less than this long ago is handed out without a peek at its
+/// socket (see `PgManager::needs_check`).
+///
+/// A peek is a system call on every checkout, and it costs throughput and tail latency where
+/// callers take turns on idle connections. What it would catch within this time: the server's
+/// goodbye that arrived unseen in the last moment. A goodbye with a message (the FATAL of a
+/// shutdown or a terminated backend) is caught anyway, as the statement's first answer, and a
+/// reset fails the write: both count as not sent. Only a silent close (a killed backend, a
+/// crash restart) in that moment leaves a statement's outcome unknown, as it does for every
+/// statement already in flight then.
+pub(crate) const PEEK_AFTER_IDLE: Duration = Duration::from_millis(1);
+
+/// Whether a statement's first answer is its bind's acknowledgement, before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// It is: an error before the stream of rows means the statement did not run.
+    BindFirst,
+    /// Not known: only a failure with nothing written counts as not sent.
+    InOrder,
+}
+
+/// Whether the rows of a statement are kept or only counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    Rows,
+    Count,
+}
+
 /// A statement failure, and whether anything had been sent when it happened.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -145,6 +174,16 @@ impl Failure {
         Failure {
             error: error.into(),
             sent: true,
+        }
+    }
+}
+
+impl From<(tokio_postgres::Error, bool)> for Failure {
+    /// A failed request and whether it was sent.
+    fn from((error, sent): (tokio_postgres::Error, bool)) -> Self {
+        Failure {
+            error: error.into(),
+            sent,
         }
     }
 }
@@ -283,6 +322,12 @@ pub struct Connection {
     rollback_queued: bool,
     target: (Target, u16),
     probe: Option<Probe>,
+    /// Bytes written to the socket so far: a failed request that wrote none never ran.
+    written: Written,
+    /// When the connection was opened, and when it last had an answer (nanoseconds after
+    /// that): a connection that answered within [`PEEK_AFTER_IDLE`] is not peeked at.
+    opened: Instant,
+    answered: AtomicU64,
     runtime: Arc<dyn PgRuntime>,
     config: Arc<PgConfig>,
     /// Dropped with the connection: tells the driver to finish.
@@ -451,6 +496,7 @@ impl Connection {
         }
         let mut socket = open_socket(runtime, target, port, &config.pg).await?;
         let probe = socket.take_probe();
+        let written = socket.written();
         #[cfg(feature = "tls-rustls")]
         let (client, (driver, stop)) = match &config.tls {
             Some(tls) => {
@@ -483,6 +529,9 @@ impl Connection {
             rollback_queued: false,
             target: (target.clone(), port),
             probe,
+            written,
+            opened: Instant::now(),
+            answered: AtomicU64::new(0),
             runtime: Arc::clone(runtime),
             config: Arc::clone(config),
             _stop: stop,
@@ -596,9 +645,18 @@ impl Connection {
 
     /// Whether the server has sent something (or closed) while no request was outstanding:
     /// on an idle connection that is a goodbye, such as the FATAL of a shutdown. Only
-    /// meaningful between statements.
+    /// meaningful between statements, and only asked (one system call, a peek) of a
+    /// connection that has had no answer for [`PEEK_AFTER_IDLE`]; false before that.
     pub(crate) fn input_pending(&self) -> bool {
-        self.probe.as_ref().is_some_and(Probe::input_pending)
+        let answered = Duration::from_nanos(self.answered.load(Ordering::Relaxed));
+        self.opened.elapsed() >= answered + PEEK_AFTER_IDLE
+            && self.probe.as_ref().is_some_and(Probe::input_pending)
+    }
+
+    /// Notes that a statement was just answered (see [`input_pending`](Self::input_pending)).
+    fn stamp_answer(&self) {
+        let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.answered.store(nanos, Ordering::Relaxed);
     }
 
     pub(crate) fn server_gone(&self) -> bool {
@@ -676,24 +734,9 @@ impl Connection {
             }
             return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
         }
-        let (stmt, leaves_state) = self.prepare_cached(sql).await?;
-        if leaves_state && !in_transaction {
-            self.set_dirty(true);
-        }
-        match tracked!(&self.broken, self.client.query(&stmt, params)) {
-            Ok(rows) => Ok(rows),
-            Err(err) if is_plan_invalidated(&err) => {
-                let stmt = self.prepare_again(sql, err, in_transaction).await?;
-                tracked!(&self.broken, self.client.query(&stmt, params)).map_err(|err| {
-                    self.note(&err);
-                    Failure::sent(err)
-                })
-            }
-            Err(err) => {
-                self.note(&err);
-                Err(Failure::sent(err))
-            }
-        }
+        self.run_prepared(sql, params, in_transaction, Keep::Rows)
+            .await
+            .map(|(rows, _)| rows)
     }
 
     pub(crate) async fn try_execute(
@@ -708,24 +751,86 @@ impl Connection {
             }
             return self.query_unnamed(sql, params).await.map(|(_, n)| n);
         }
+        self.run_prepared(sql, params, in_transaction, Keep::Count)
+            .await
+            .map(|(_, n)| n)
+    }
+
+    /// Runs `sql` as a cached prepared statement: its rows (if `keep` says so) and the
+    /// affected-row count. Re-prepares once if a schema change invalidated the cached plan
+    /// (outside a transaction).
+    async fn run_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        in_transaction: bool,
+        keep: Keep,
+    ) -> Result<(Vec<Row>, u64), Failure> {
         let (stmt, leaves_state) = self.prepare_cached(sql).await?;
         if leaves_state && !in_transaction {
             self.set_dirty(true);
         }
-        match tracked!(&self.broken, self.client.execute(&stmt, params)) {
-            Ok(n) => Ok(n),
-            Err(err) if is_plan_invalidated(&err) => {
+        let bind = || {
+            self.client
+                .query_raw(&stmt, params.iter().map(|p| *p as &dyn ToSql))
+        };
+        match self.run_bound(bind(), Answer::BindFirst, keep).await {
+            Err((err, _)) if is_plan_invalidated(&err) => {
                 let stmt = self.prepare_again(sql, err, in_transaction).await?;
-                tracked!(&self.broken, self.client.execute(&stmt, params)).map_err(|err| {
-                    self.note(&err);
-                    Failure::sent(err)
-                })
+                let bind = self
+                    .client
+                    .query_raw(&stmt, params.iter().map(|p| *p as &dyn ToSql));
+                self.run_bound(bind, Answer::BindFirst, keep)
+                    .await
+                    .map_err(Failure::from)
             }
-            Err(err) => {
-                self.note(&err);
-                Err(Failure::sent(err))
-            }
+            outcome => outcome.map_err(Failure::from),
         }
+    }
+
+    /// Awaits a statement's start (`start`: its `RowStream`), then its rows, and tells from
+    /// when and how it failed whether it can have run.
+    ///
+    /// A request that failed without one more byte written to the socket never reached the
+    /// server (its driver ended first, say on the server's goodbye). And the server answers in
+    /// order and runs a statement only after acknowledging its bind (`BindComplete`, which
+    /// `query_raw` waits for): with [`Answer::BindFirst`], an error in place of that
+    /// acknowledgement (the FATAL of a shutdown the connection had not yet seen, a cancel
+    /// that landed early) means it did not run either. Any other failure may have come after
+    /// the statement ran.
+    async fn run_bound(
+        &self,
+        start: impl std::future::Future<
+            Output = Result<tokio_postgres::RowStream, tokio_postgres::Error>,
+        >,
+        answer: Answer,
+        keep: Keep,
+    ) -> Result<(Vec<Row>, u64), (tokio_postgres::Error, bool)> {
+        let written = self.written.get();
+        let run = async {
+            let stream = start.await.map_err(|err| {
+                let unsent = self.written.get() == written
+                    || (answer == Answer::BindFirst && err.as_db_error().is_some());
+                (err, !unsent)
+            })?;
+            futures::pin_mut!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = futures::TryStreamExt::try_next(&mut stream)
+                .await
+                .map_err(|err| (err, true))?
+            {
+                if keep == Keep::Rows {
+                    rows.push(row);
+                }
+            }
+            Ok((rows, stream.rows_affected().unwrap_or(0)))
+        };
+        let outcome = tracked!(&self.broken, run);
+        match &outcome {
+            Ok(_) => self.stamp_answer(),
+            Err((err, _)) => self.note(err),
+        }
+        outcome
     }
 
     /// After `err` showed the cached plan for `sql` stale: forgets it, and prepares `sql` again
@@ -764,19 +869,16 @@ impl Connection {
         }
         let types = infer_types(params).map_err(Failure::unsent)?;
         let typed = params.iter().copied().zip(types);
-        let run = async {
-            let stream = self.client.query_typed_raw(sql, typed).await?;
-            futures::pin_mut!(stream);
-            let mut rows = Vec::new();
-            while let Some(row) = futures::TryStreamExt::try_next(&mut stream).await? {
-                rows.push(row);
-            }
-            Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
-        };
-        tracked!(&self.broken, run).map_err(|err| {
-            self.note(&err);
-            Failure::sent(err)
-        })
+        // Not `Answer::BindFirst`: `query_typed_raw` may look up an unknown result type with a
+        // query of its own after the bind, so an error it returns may come after the
+        // statement ran.
+        self.run_bound(
+            self.client.query_typed_raw(sql, typed),
+            Answer::InOrder,
+            Keep::Rows,
+        )
+        .await
+        .map_err(Failure::from)
     }
 
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {

@@ -25,7 +25,12 @@ use std::time::{Duration, Instant};
 ///   ([`Connection::client`](crate::Connection::client)): it is closed, not reused;
 /// - **needs_check** is true for a connection in an unknown session state, or whose socket
 ///   holds input nobody asked for (perhaps the FATAL of a server shutdown, still unread),
-///   found by a non-blocking peek: then the check runs before reuse. A connection handed
+///   found by a non-blocking peek: then the check runs before reuse. The peek is made once
+///   a connection has had no answer for a millisecond. A goodbye message that arrives
+///   sooner, or unseen, comes as the next statement's first answer, in place of the
+///   acknowledgement of its bind: the statement did not run, and is retried. Only a silent
+///   close (a killed backend) in that millisecond leaves the statement's outcome unknown, as
+///   it does for a statement already in flight. A connection handed
 ///   straight from the caller who returned it to a waiting one never sat idle, so it is not
 ///   peeked at (**needs_check_on_handover**); its session state still counts;
 /// - **classify** makes authentication and unknown-database errors permanent (SQLSTATE class
@@ -148,7 +153,9 @@ impl Manager for PgManager {
     fn needs_check(&self, conn: &mut Connection) -> bool {
         // Between statements nothing is outstanding, so input waiting on the socket is either
         // the tail of a failed statement (its ReadyForQuery) or the server's goodbye (the
-        // FATAL of a shutdown): a check tells which, for one round trip.
+        // FATAL of a shutdown): a check tells which, for one round trip. A connection answered
+        // a moment ago is not peeked at (see `PEEK_AFTER_IDLE`): a goodbye that arrived
+        // since then is still caught as the statement's first answer.
         conn.is_dirty() || conn.input_pending()
     }
 

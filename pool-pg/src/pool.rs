@@ -130,9 +130,11 @@ impl CallOptions {
 /// - A dead connection is never handed out: the pool checks `is_closed` on every checkout,
 ///   validates connections idle longer than its threshold, and after a connection dies of a
 ///   "server gone" error checks every older connection first.
-/// - A statement whose connection turned out dead *before anything was sent* (closed at
-///   checkout, or lost while preparing) is retried on a fresh connection, up to three times.
-///   This is the transparent retry: the caller never sees it.
+/// - A statement whose connection turned out dead *before the statement could run* (closed
+///   at checkout, lost while preparing, lost before the statement's request was written, or
+///   answered with the server's goodbye in place of the acknowledgement of its bind) is
+///   retried on a fresh connection, up to three times. This is the transparent retry: the
+///   caller never sees it.
 /// - A failure after the statement was sent (the connection lost mid-statement, a `COMMIT`
 ///   without a reply) has an unknown outcome. It is returned as
 ///   [`Error::OutcomeUnknown`] and never replayed, unless the call was marked idempotent with

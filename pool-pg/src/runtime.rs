@@ -106,6 +106,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 pub struct Socket {
     stream: Box<dyn Stream>,
     probe: Option<Probe>,
+    /// Bytes written so far (see [`Written`]).
+    written: Written,
 }
 
 impl std::fmt::Debug for Socket {
@@ -132,6 +134,7 @@ impl Socket {
         Socket {
             stream: Box::new(stream),
             probe: None,
+            written: Written::default(),
         }
     }
 
@@ -153,6 +156,7 @@ impl Socket {
         Socket {
             stream: Box::new(FuturesIo(stream)),
             probe: None,
+            written: Written::default(),
         }
     }
 
@@ -160,7 +164,8 @@ impl Socket {
     /// connection sat idle: a connection with no request outstanding receives bytes (or an
     /// end of stream) only when the server is saying goodbye (a shutdown or a terminated
     /// backend). `fd` is the socket's descriptor; a duplicate is kept and peeked at, never
-    /// read. Without a probe the pool relies on the driver having seen the goodbye.
+    /// read. Without a probe the pool relies on the driver having seen the goodbye, or on the
+    /// goodbye coming as the next statement's first answer.
     ///
     /// The descriptor is also how the TCP settings of the configuration (tokio-postgres's
     /// `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_retries` and, on
@@ -185,6 +190,11 @@ impl Socket {
 
     pub(crate) fn take_probe(&mut self) -> Option<Probe> {
         self.probe.take()
+    }
+
+    /// A handle on the count of bytes written through this socket, kept by the connection.
+    pub(crate) fn written(&self) -> Written {
+        self.written.clone()
     }
 
     /// Applies `pg`'s TCP settings (see [`tcp_settings`]) through the probe's descriptor;
@@ -231,6 +241,27 @@ pub(crate) fn tcp_settings(
     Ok(())
 }
 
+/// How many bytes a connection has written to its socket, readable from outside the driver.
+///
+/// A request that fails without one more byte having gone out never reached the server: that is
+/// how a statement whose driver ended (on the server's goodbye, read first) before writing it
+/// counts as not sent. A byte written by anything else meanwhile (a queued `ROLLBACK`) only
+/// makes the answer "sent", the cautious one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Written(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Written {
+    /// Bytes written so far.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn add(&self, n: usize) {
+        self.0
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// A duplicate of a connection's socket descriptor, used only to peek.
 pub(crate) struct Probe(socket2::Socket);
 
@@ -273,7 +304,11 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut *self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.written.add(n);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

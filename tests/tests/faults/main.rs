@@ -298,6 +298,7 @@ momopool_tests::matrix!(
     b3_silently_dead_idle_connections,
     b1_idle_connection_closed_just_after_answering,
     b1_idle_shared_lane_closed_just_after_answering,
+    b1_goodbye_arrives_as_the_first_answer,
     c1_backend_terminated_mid_statement,
     c2_abrupt_loss_mid_statement,
     c2_backend_killed_mid_statement,

@@ -121,9 +121,10 @@ async fn closed_after_each_answer(rt: &Rt, pool: &PgPool, proxy: &FaultProxy) {
     for round in 0..5 {
         pool.query_one("SELECT 1", &[]).await.unwrap();
         proxy.kill_all(Kill::Fin);
-        // Long enough for the FIN to arrive over loopback, well within one tick of a coarse
-        // clock: a connection that answered a moment ago is dead all the same. Blocking the
-        // thread keeps a current-thread runtime's driver tasks from noticing meanwhile.
+        // Long enough for the FIN to arrive over loopback, and past the millisecond after an
+        // answer within which the pool does not peek (a silent close that soon would leave
+        // the statement's outcome unknown). Blocking the thread keeps a current-thread
+        // runtime's driver tasks from noticing meanwhile.
         std::thread::sleep(Duration::from_millis(2));
         let row = pool
             .query_one("SELECT 1", &[])
@@ -138,8 +139,9 @@ async fn closed_after_each_answer(rt: &Rt, pool: &PgPool, proxy: &FaultProxy) {
     );
 }
 
-/// B1 at its sharpest: the far end closes an idle connection just after it answered, and the
-/// next caller comes at once. The pool must see the end of file before handing the connection
+/// B1 at its sharpest for a silent close: the far end closes an idle connection (a FIN, no
+/// goodbye message) 2 ms after it answered, and the next caller comes at once. The pool must
+/// see the end of file before handing the connection
 /// out, although the connection's driver task has not run yet to notice it: the socket peek
 /// at checkout catches it, the connection is checked and replaced, and the statement runs on
 /// a new connection with no error. Without the peek the statement is sent on the dead socket
@@ -183,6 +185,66 @@ pub(crate) async fn b1_idle_shared_lane_closed_just_after_answering(rt: Rt) {
     let seen = watch(&rt, &pool);
     closed_after_each_answer(&rt, &pool, &proxy).await;
     finish_with_one_lane(&rt, &pool, &admin, &app, seen).await;
+}
+
+/// B1 with the goodbye late: the server terminates an idle connection (a FATAL 57P01, then
+/// the end of the stream), and the next statement leaves before those words arrive (held 0.3 s
+/// in the network), so nothing at checkout can see them. They come as the statement's first
+/// answer, in place of the acknowledgement of its bind: the statement did not run, and is
+/// retried on a new connection with no error for the caller. Without that reading, the
+/// caller would be told its outcome is unknown.
+pub(crate) async fn b1_goodbye_arrives_as_the_first_answer(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "b1_late_goodbye");
+    let admin = admin_for(&rt, server, &app).await;
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(1)
+        .build_eager()
+        .await
+        .unwrap();
+    let seen = watch(&rt, &pool);
+    let pid: i32 = pool
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    proxy.delay(Duration::from_millis(300));
+    // Waits until the backend has exited: its FATAL is then on its way, through the proxy.
+    let terminated: bool = admin
+        .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let broken = || {
+        pool.inner()
+            .statistics()
+            .closed
+            .get(momopool::Removal::Broken)
+    };
+    let broken_before = broken();
+    let call = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.query_one("SELECT pg_backend_pid()", &[]).await })
+    };
+    // The statement has left by now (a 0.3 s delay starts on each chunk as the proxy reads
+    // it); new connections need not wait.
+    rt.sleep(Duration::from_millis(100)).await;
+    proxy.delay(Duration::ZERO);
+    let new_pid: i32 = within(&rt, Duration::from_secs(10), "the statement", call)
+        .await
+        .unwrap_or_else(|e| panic!("[{}] the caller heard of the goodbye: {e:?}", rt.name()))
+        .get(0);
+    assert_ne!(new_pid, pid, "[{}] it ran on a new connection", rt.name());
+    assert_eq!(
+        broken(),
+        broken_before + 1,
+        "[{}] the terminated connection was closed as broken",
+        rt.name()
+    );
+    finish(&rt, &pool, &admin, &app, seen).await;
 }
 
 /// C2: the network cuts a connection after N bytes, here in the middle of a statement. The
