@@ -150,7 +150,7 @@ enum Answer {
 
 /// Whether the rows of a statement are kept or only counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Keep {
+pub(crate) enum Keep {
     Rows,
     Count,
 }
@@ -720,117 +720,95 @@ impl Connection {
         }
     }
 
-    /// Runs one statement with a cached prepared statement; re-prepares once if a schema
-    /// change invalidated the cached plan (outside a transaction).
-    pub(crate) async fn try_query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        in_transaction: bool,
-    ) -> Result<Vec<Row>, Failure> {
-        if self.config.unnamed_statements {
-            if !in_transaction && self.dirties(sql) {
-                self.set_dirty(true);
-            }
-            return self.query_unnamed(sql, params).await.map(|(rows, _)| rows);
-        }
-        self.run_prepared(sql, params, in_transaction, Keep::Rows)
-            .await
-            .map(|(rows, _)| rows)
-    }
-
-    pub(crate) async fn try_execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        in_transaction: bool,
-    ) -> Result<u64, Failure> {
-        if self.config.unnamed_statements {
-            if !in_transaction && self.dirties(sql) {
-                self.set_dirty(true);
-            }
-            return self.query_unnamed(sql, params).await.map(|(_, n)| n);
-        }
-        self.run_prepared(sql, params, in_transaction, Keep::Count)
-            .await
-            .map(|(_, n)| n)
-    }
-
-    /// Runs `sql` as a cached prepared statement: its rows (if `keep` says so) and the
-    /// affected-row count. Re-prepares once if a schema change invalidated the cached plan
-    /// (outside a transaction).
-    async fn run_prepared(
+    /// Runs one statement: a cached prepared statement (prepared again and run once more if
+    /// a schema change invalidated its plan, outside a transaction), or an unnamed one in the
+    /// no-cache mode. Its rows (when `keep` says so) and the affected-row count.
+    ///
+    /// One `async fn` from the caller to tokio-postgres's request, as with `Client::query`: a
+    /// request's future is large, and every layer it passes through copies it.
+    pub(crate) async fn try_statement(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         in_transaction: bool,
         keep: Keep,
     ) -> Result<(Vec<Row>, u64), Failure> {
+        if self.config.unnamed_statements {
+            if !in_transaction && self.dirties(sql) {
+                self.set_dirty(true);
+            }
+            if self.is_closed() {
+                return Err(Failure::unsent(closed_error(&self.client).await));
+            }
+            let types = infer_types(params).map_err(Failure::unsent)?;
+            let typed = || params.iter().copied().zip(types);
+            let written = self.written.get();
+            let outcome = tracked!(
+                &self.broken,
+                collect(|| self.client.query_typed_raw(sql, typed()), keep)
+            );
+            // Not `Answer::BindFirst`: `query_typed_raw` may look up an unknown result type
+            // with a query of its own after the bind, so an error it returns may come after
+            // the statement ran.
+            return self
+                .ran(outcome, written, Answer::InOrder)
+                .map_err(Failure::from);
+        }
         let (stmt, leaves_state) = self.prepare_cached(sql).await?;
         if leaves_state && !in_transaction {
             self.set_dirty(true);
         }
-        let bind = || {
-            self.client
-                .query_raw(&stmt, params.iter().map(|p| *p as &dyn ToSql))
-        };
-        match self.run_bound(bind(), Answer::BindFirst, keep).await {
+        let params = || params.iter().map(|p| *p as &dyn ToSql);
+        let written = self.written.get();
+        let outcome = tracked!(
+            &self.broken,
+            collect(|| self.client.query_raw(&stmt, params()), keep)
+        );
+        match self.ran(outcome, written, Answer::BindFirst) {
             Err((err, _)) if is_plan_invalidated(&err) => {
                 let stmt = self.prepare_again(sql, err, in_transaction).await?;
-                let bind = self
-                    .client
-                    .query_raw(&stmt, params.iter().map(|p| *p as &dyn ToSql));
-                self.run_bound(bind, Answer::BindFirst, keep)
-                    .await
+                let written = self.written.get();
+                let outcome = tracked!(
+                    &self.broken,
+                    collect(|| self.client.query_raw(&stmt, params()), keep)
+                );
+                self.ran(outcome, written, Answer::BindFirst)
                     .map_err(Failure::from)
             }
             outcome => outcome.map_err(Failure::from),
         }
     }
 
-    /// Awaits a statement's start (`start`: its `RowStream`), then its rows, and tells from
-    /// when and how it failed whether it can have run.
+    /// What a statement's outcome (from [`collect`]) says: its rows and count, or its error
+    /// and whether the statement may have run. `written` is the socket's count of bytes
+    /// written before the statement's request was made.
     ///
-    /// A request that failed without one more byte written to the socket never reached the
-    /// server (its driver ended first, say on the server's goodbye). And the server answers in
-    /// order and runs a statement only after acknowledging its bind (`BindComplete`, which
-    /// `query_raw` waits for): with [`Answer::BindFirst`], an error in place of that
-    /// acknowledgement (the FATAL of a shutdown the connection had not yet seen, a cancel
-    /// that landed early) means it did not run either. Any other failure may have come after
-    /// the statement ran.
-    async fn run_bound(
+    /// A request that failed without one more byte written never reached the server (its
+    /// driver ended first, say on the server's goodbye). And the server answers in order and
+    /// runs a statement only after acknowledging its bind (`BindComplete`, which `query_raw`
+    /// waits for before it returns the rows' stream): with [`Answer::BindFirst`], an error in
+    /// place of that acknowledgement (the FATAL of a shutdown the connection had not yet
+    /// seen, a cancel that landed early) means it did not run either. Any other failure may
+    /// have come after the statement ran.
+    fn ran(
         &self,
-        start: impl std::future::Future<
-            Output = Result<tokio_postgres::RowStream, tokio_postgres::Error>,
-        >,
+        outcome: Result<(Vec<Row>, u64), (tokio_postgres::Error, Phase)>,
+        written: u64,
         answer: Answer,
-        keep: Keep,
     ) -> Result<(Vec<Row>, u64), (tokio_postgres::Error, bool)> {
-        let written = self.written.get();
-        let run = async {
-            let stream = start.await.map_err(|err| {
-                let unsent = self.written.get() == written
-                    || (answer == Answer::BindFirst && err.as_db_error().is_some());
-                (err, !unsent)
-            })?;
-            futures::pin_mut!(stream);
-            let mut rows = Vec::new();
-            while let Some(row) = futures::TryStreamExt::try_next(&mut stream)
-                .await
-                .map_err(|err| (err, true))?
-            {
-                if keep == Keep::Rows {
-                    rows.push(row);
-                }
+        match outcome {
+            Ok(done) => {
+                self.stamp_answer();
+                Ok(done)
             }
-            Ok((rows, stream.rows_affected().unwrap_or(0)))
-        };
-        let outcome = tracked!(&self.broken, run);
-        match &outcome {
-            Ok(_) => self.stamp_answer(),
-            Err((err, _)) => self.note(err),
+            Err((err, phase)) => {
+                self.note(&err);
+                let unsent = phase == Phase::Start
+                    && (self.written.get() == written
+                        || (answer == Answer::BindFirst && err.as_db_error().is_some()));
+                Err((err, !unsent))
+            }
         }
-        outcome
     }
 
     /// After `err` showed the cached plan for `sql` stale: forgets it, and prepares `sql` again
@@ -856,29 +834,6 @@ impl Connection {
             }
             Err(failure) => Err(failure),
         }
-    }
-
-    /// One unnamed statement in one round trip: rows and the affected-row count.
-    async fn query_unnamed(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<(Vec<Row>, u64), Failure> {
-        if self.is_closed() {
-            return Err(Failure::unsent(closed_error(&self.client).await));
-        }
-        let types = infer_types(params).map_err(Failure::unsent)?;
-        let typed = params.iter().copied().zip(types);
-        // Not `Answer::BindFirst`: `query_typed_raw` may look up an unknown result type with a
-        // query of its own after the bind, so an error it returns may come after the
-        // statement ran.
-        self.run_bound(
-            self.client.query_typed_raw(sql, typed),
-            Answer::InOrder,
-            Keep::Rows,
-        )
-        .await
-        .map_err(Failure::from)
     }
 
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
@@ -924,7 +879,11 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        Self::settle(self.try_query(sql, params, false).await)
+        Self::settle(
+            self.try_statement(sql, params, false, Keep::Rows)
+                .await
+                .map(|(rows, _)| rows),
+        )
     }
 
     /// Runs a statement that returns exactly one row.
@@ -1034,7 +993,11 @@ impl Connection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        Self::settle(self.try_execute(sql, params, false).await)
+        Self::settle(
+            self.try_statement(sql, params, false, Keep::Count)
+                .await
+                .map(|(_, n)| n),
+        )
     }
 
     /// Runs one or more statements separated by semicolons, without parameters (the simple
@@ -1578,8 +1541,8 @@ impl Connection {
         })?;
         let mut results = Vec::with_capacity(statements.len());
         for (sql, params) in statements {
-            match self.try_query(sql, params, true).await {
-                Ok(rows) => results.push(rows),
+            match self.try_statement(sql, params, true, Keep::Rows).await {
+                Ok((rows, _)) => results.push(rows),
                 Err(mut failure) => {
                     // Nothing was committed: a transaction cut off before COMMIT is rolled
                     // back by the server, so replaying the whole list from BEGIN is safe.
@@ -1774,7 +1737,12 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        Connection::settle(self.conn.try_query(sql, params, true).await)
+        Connection::settle(
+            self.conn
+                .try_statement(sql, params, true, Keep::Rows)
+                .await
+                .map(|(rows, _)| rows),
+        )
     }
 
     /// Runs a statement that returns exactly one row.
@@ -1914,7 +1882,12 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        Connection::settle(self.conn.try_execute(sql, params, true).await)
+        Connection::settle(
+            self.conn
+                .try_statement(sql, params, true, Keep::Count)
+                .await
+                .map(|(_, n)| n),
+        )
     }
 
     /// Runs statements separated by semicolons, without parameters.
@@ -2074,6 +2047,38 @@ fn render_literals_sql(types: &[Type]) -> String {
 /// result type", after a schema change), the one SQLSTATE 0A000 (feature not supported) error
 /// that preparing again cures. The server function that raises it is checked first: unlike
 /// the message, it is never translated.
+/// Where a statement's error came: before its rows' stream started (with `query_raw`, before
+/// the server acknowledged the bind), or while reading the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Rows,
+}
+
+/// Awaits the rows' stream that `start` makes, then its rows (kept or only counted), and the
+/// affected-row count. `start` is called here, so that its future is made in place.
+async fn collect<F, S>(
+    start: F,
+    keep: Keep,
+) -> Result<(Vec<Row>, u64), (tokio_postgres::Error, Phase)>
+where
+    F: FnOnce() -> S,
+    S: std::future::Future<Output = Result<tokio_postgres::RowStream, tokio_postgres::Error>>,
+{
+    let stream = start().await.map_err(|err| (err, Phase::Start))?;
+    futures::pin_mut!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = futures::TryStreamExt::try_next(&mut stream)
+        .await
+        .map_err(|err| (err, Phase::Rows))?
+    {
+        if keep == Keep::Rows {
+            rows.push(row);
+        }
+    }
+    Ok((rows, stream.rows_affected().unwrap_or(0)))
+}
+
 fn is_plan_invalidated(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::FEATURE_NOT_SUPPORTED
@@ -2190,6 +2195,44 @@ mod tests {
             "SELECT * FROM \"public\".\"MyFunc\"($1, $2)"
         );
         assert!(callproc_sql("", 0).is_err());
+    }
+
+    /// The server says goodbye while the connection is idle, and its driver reads that before
+    /// it would write the next request: the request never left, so the statement counts as
+    /// not sent, although the error it gets ("closed") carries no answer to tell by.
+    #[test]
+    fn a_request_its_driver_never_wrote_is_not_sent() {
+        use crate::testing::{Stepped, error_response, scripted_server};
+        use std::io::Write;
+        let (goodbye, say_goodbye) = std::sync::mpsc::channel::<()>();
+        let (said, was_said) = std::sync::mpsc::channel::<()>();
+        let (addr, server) = scripted_server(move |mut socket| {
+            say_goodbye.recv().unwrap();
+            let fatal = error_response("FATAL", "57P01", "terminating connection");
+            socket.write_all(&fatal).unwrap();
+            drop(socket);
+            said.send(()).unwrap();
+        });
+        let rt = Arc::new(Stepped::default());
+        let dsn = format!("host=127.0.0.1 port={} user=u sslmode=disable", addr.port());
+        // Unnamed statements: nothing to prepare first, so the request under test is the
+        // first one after the goodbye.
+        let config = PgConfig::from_dsn(&dsn).unwrap().unnamed_statements(true);
+        let conn = rt
+            .run(Connection::connect_with(config, rt.clone()))
+            .unwrap();
+        goodbye.send(()).unwrap();
+        was_said.recv().unwrap();
+        // Loopback delivers it meanwhile; the driver is not polled until the statement is.
+        std::thread::sleep(Duration::from_millis(50));
+        let written = conn.written.get();
+        let failure = rt
+            .run(conn.try_statement("SELECT 1", &[], false, Keep::Rows))
+            .unwrap_err();
+        assert_eq!(conn.written.get(), written, "the request was never written");
+        assert!(failure.error.is_connection_lost(), "{:?}", failure.error);
+        assert!(!failure.sent, "counted as sent: {:?}", failure.error);
+        server.join().unwrap();
     }
 
     #[test]

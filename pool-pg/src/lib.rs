@@ -11,6 +11,8 @@ mod runtime;
 mod shared;
 mod sql;
 mod stream;
+#[cfg(test)]
+mod testing;
 pub mod throwaway;
 
 pub use config::{PgConfig, Recycling};

@@ -3,7 +3,7 @@
 //! See [`PgPool`] for the retry and reconnect rules every call follows.
 
 use crate::config::PgConfig;
-use crate::connection::{Connection, Failure, Transaction};
+use crate::connection::{Connection, Failure, Keep, Transaction};
 use crate::error::Error;
 use crate::manager::PgManager;
 use crate::runtime::PgRuntime;
@@ -995,8 +995,14 @@ impl Work<'_> {
 impl Connection {
     pub(crate) async fn perform(&self, work: &Work<'_>) -> Result<Done, Failure> {
         match *work {
-            Work::Rows(sql, params) => self.try_query(sql, params, false).await.map(Done::Rows),
-            Work::Count(sql, params) => self.try_execute(sql, params, false).await.map(Done::Count),
+            Work::Rows(sql, params) => self
+                .try_statement(sql, params, false, Keep::Rows)
+                .await
+                .map(|(rows, _)| Done::Rows(rows)),
+            Work::Count(sql, params) => self
+                .try_statement(sql, params, false, Keep::Count)
+                .await
+                .map(|(_, n)| Done::Count(n)),
             Work::Batch(sql) => self.try_batch(sql).await.map(|()| Done::Unit),
             Work::Mogrify(sql, params) => self.try_mogrify(sql, params).await.map(Done::Text),
             Work::Statements(statements) => self.try_statements(statements).await.map(Done::Many),
