@@ -148,19 +148,40 @@ async fn closed_after_each_answer(rt: &Rt, pool: &PgPool, proxy: &FaultProxy) {
 /// and fails with its outcome unknown: on the current-thread runtime always; on
 /// multi-threaded executors only when the driver, on another thread, has not noticed first.
 pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
+    let t = one_connection_through_proxy(&rt, "b1_fin").await;
+    closed_after_each_answer(&rt, &t.pool, &t.proxy).await;
+    finish(&rt, &t.pool, &t.admin, &t.app, t.seen).await;
+}
+
+/// A one-connection pool on the shared server through a proxy of its own, with the pool
+/// that looks at the server beside it and a watch on its status.
+struct ThroughProxy {
+    proxy: FaultProxy,
+    app: String,
+    admin: PgPool,
+    pool: PgPool,
+    seen: Watch,
+}
+
+async fn one_connection_through_proxy(rt: &Rt, test: &str) -> ThroughProxy {
     let server = pg::shared();
     let proxy = proxy_to(server);
-    let app = unique(&rt, "b1_fin");
-    let admin = admin_for(&rt, server, &app).await;
-    let pool = builder(&rt, via(server, &proxy, &app))
+    let app = unique(rt, test);
+    let admin = admin_for(rt, server, &app).await;
+    let pool = builder(rt, via(server, &proxy, &app))
         .min_size(1)
         .max_size(1)
         .build_eager()
         .await
         .unwrap();
-    let seen = watch(&rt, &pool);
-    closed_after_each_answer(&rt, &pool, &proxy).await;
-    finish(&rt, &pool, &admin, &app, seen).await;
+    let seen = watch(rt, &pool);
+    ThroughProxy {
+        proxy,
+        app,
+        admin,
+        pool,
+        seen,
+    }
 }
 
 /// B1 in shared mode: the same FIN just after an answer, on the connection a shared-mode lane
@@ -194,17 +215,13 @@ pub(crate) async fn b1_idle_shared_lane_closed_just_after_answering(rt: Rt) {
 /// retried on a new connection with no error for the caller. Without that reading, the
 /// caller would be told its outcome is unknown.
 pub(crate) async fn b1_goodbye_arrives_as_the_first_answer(rt: Rt) {
-    let server = pg::shared();
-    let proxy = proxy_to(server);
-    let app = unique(&rt, "b1_late_goodbye");
-    let admin = admin_for(&rt, server, &app).await;
-    let pool = builder(&rt, via(server, &proxy, &app))
-        .min_size(1)
-        .max_size(1)
-        .build_eager()
-        .await
-        .unwrap();
-    let seen = watch(&rt, &pool);
+    let ThroughProxy {
+        proxy,
+        app,
+        admin,
+        pool,
+        seen,
+    } = one_connection_through_proxy(&rt, "b1_late_goodbye").await;
     let pid: i32 = pool
         .query_one("SELECT pg_backend_pid()", &[])
         .await
