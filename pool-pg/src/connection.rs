@@ -7,7 +7,7 @@
 //! the server: that is what makes retrying safe.
 
 use crate::config::{PgConfig, Recycling, Target};
-use crate::error::{Error, pg_connection_lost};
+use crate::error::{Error, is_goodbye, pg_connection_lost};
 use crate::runtime::{PgRuntime, Probe, Socket, Written};
 use crate::sql;
 use crate::stream::{CopyInSink, CopyOutStream, RowStream};
@@ -132,11 +132,12 @@ fn tls_connector(
 ///
 /// A peek is a system call on every checkout, and it costs throughput and tail latency where
 /// callers take turns on idle connections. What it would catch within this time: the server's
-/// goodbye that arrived unseen in the last moment. A goodbye with a message (the FATAL of a
-/// shutdown or a terminated backend) is caught anyway, as the statement's first answer, and a
-/// reset fails the write: both count as not sent. Only a silent close (a killed backend, a
-/// crash restart) in that moment leaves a statement's outcome unknown, as it does for every
-/// statement already in flight then.
+/// goodbye that arrived unseen in the last moment. For a prepared statement (the default), a
+/// goodbye with a message (the FATAL of a shutdown or a terminated backend) is caught anyway,
+/// as the statement's first answer, and a reset fails the write: both count as not sent. A
+/// silent close (a killed backend, a crash restart) in that moment, or any goodbye before a
+/// `batch_execute`, leaves the outcome unknown, as it does for every statement already in
+/// flight then. With unnamed statements the peek is made regardless of this time.
 pub(crate) const PEEK_AFTER_IDLE: Duration = Duration::from_millis(1);
 
 /// Whether a statement's first answer is its bind's acknowledgement, before it runs.
@@ -646,10 +647,13 @@ impl Connection {
     /// Whether the server has sent something (or closed) while no request was outstanding:
     /// on an idle connection that is a goodbye, such as the FATAL of a shutdown. Only
     /// meaningful between statements, and only asked (one system call, a peek) of a
-    /// connection that has had no answer for [`PEEK_AFTER_IDLE`]; false before that.
+    /// connection that has had no answer for [`PEEK_AFTER_IDLE`] (false before that), or of
+    /// any connection with [`PgConfig::unnamed_statements`].
     pub(crate) fn input_pending(&self) -> bool {
         let answered = Duration::from_nanos(self.answered.load(Ordering::Relaxed));
-        self.opened.elapsed() >= answered + PEEK_AFTER_IDLE
+        // Unnamed statements cannot tell a goodbye by their first answer (see
+        // `try_statement`), so in that mode every checkout from idle peeks, as before.
+        (self.config.unnamed_statements || self.opened.elapsed() >= answered + PEEK_AFTER_IDLE)
             && self.probe.as_ref().is_some_and(Probe::input_pending)
     }
 
@@ -786,10 +790,12 @@ impl Connection {
     /// A request that failed without one more byte written never reached the server (its
     /// driver ended first, say on the server's goodbye). And the server answers in order and
     /// runs a statement only after acknowledging its bind (`BindComplete`, which `query_raw`
-    /// waits for before it returns the rows' stream): with [`Answer::BindFirst`], an error in
-    /// place of that acknowledgement (the FATAL of a shutdown the connection had not yet
-    /// seen, a cancel that landed early) means it did not run either. Any other failure may
-    /// have come after the statement ran.
+    /// waits for before it returns the rows' stream): with [`Answer::BindFirst`], the
+    /// server's goodbye in place of that acknowledgement (a FATAL, say of a shutdown the
+    /// connection had not yet seen) means it did not run either. Only the goodbye counts: an
+    /// ordinary error at bind (a cancel, a timeout during planning) also means nothing ran,
+    /// but it is the caller's to see, not a reason to run the statement again. Any other
+    /// failure may have come after the statement ran.
     fn ran(
         &self,
         outcome: Result<(Vec<Row>, u64), (tokio_postgres::Error, Phase)>,
@@ -805,7 +811,7 @@ impl Connection {
                 self.note(&err);
                 let unsent = phase == Phase::Start
                     && (self.written.get() == written
-                        || (answer == Answer::BindFirst && err.as_db_error().is_some()));
+                        || (answer == Answer::BindFirst && is_goodbye(&err)));
                 Err((err, !unsent))
             }
         }
@@ -2043,10 +2049,6 @@ fn render_literals_sql(types: &[Type]) -> String {
     format!("SELECT {}", columns.join(", "))
 }
 
-/// Whether `err` says a prepared statement's plan went stale ("cached plan must not change
-/// result type", after a schema change), the one SQLSTATE 0A000 (feature not supported) error
-/// that preparing again cures. The server function that raises it is checked first: unlike
-/// the message, it is never translated.
 /// Where a statement's error came: before its rows' stream started (with `query_raw`, before
 /// the server acknowledged the bind), or while reading the rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -2079,6 +2081,10 @@ where
     Ok((rows, stream.rows_affected().unwrap_or(0)))
 }
 
+/// Whether `err` says a prepared statement's plan went stale ("cached plan must not change
+/// result type", after a schema change), the one SQLSTATE 0A000 (feature not supported) error
+/// that preparing again cures. The server function that raises it is checked first: unlike
+/// the message, it is never translated.
 fn is_plan_invalidated(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::FEATURE_NOT_SUPPORTED

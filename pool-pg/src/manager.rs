@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 /// - **needs_check** is true for a connection in an unknown session state, or whose socket
 ///   holds input nobody asked for (perhaps the FATAL of a server shutdown, still unread),
 ///   found by a non-blocking peek: then the check runs before reuse. The peek is made once
-///   a connection has had no answer for a millisecond. A goodbye message that arrives
-///   sooner, or unseen, comes as the next statement's first answer, in place of the
-///   acknowledgement of its bind: the statement did not run, and is retried. Only a silent
-///   close (a killed backend) in that millisecond leaves the statement's outcome unknown, as
-///   it does for a statement already in flight. A connection handed
+///   a connection has had no answer for a millisecond (always, with unnamed statements). A
+///   goodbye message that arrives sooner, or unseen, comes as the next prepared statement's
+///   first answer, in place of the acknowledgement of its bind: the statement did not run,
+///   and is retried. A silent close (a killed backend) in that millisecond, or a goodbye
+///   before a `batch_execute`, leaves the outcome unknown, as it does for a statement
+///   already in flight. A connection handed
 ///   straight from the caller who returned it to a waiting one never sat idle, so it is not
 ///   peeked at (**needs_check_on_handover**); its session state still counts;
 /// - **classify** makes authentication and unknown-database errors permanent (SQLSTATE class

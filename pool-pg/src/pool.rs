@@ -131,10 +131,10 @@ impl CallOptions {
 ///   validates connections idle longer than its threshold, and after a connection dies of a
 ///   "server gone" error checks every older connection first.
 /// - A statement whose connection turned out dead *before the statement could run* (closed
-///   at checkout, lost while preparing, lost before the statement's request was written, or
-///   answered with the server's goodbye in place of the acknowledgement of its bind) is
-///   retried on a fresh connection, up to three times. This is the transparent retry: the
-///   caller never sees it.
+///   at checkout, lost while preparing, lost before the statement's request was written, or,
+///   for a prepared statement, answered with the server's goodbye in place of the
+///   acknowledgement of its bind) is retried on a fresh connection, up to three times. This
+///   is the transparent retry: the caller never sees it.
 /// - A failure after the statement was sent (the connection lost mid-statement, a `COMMIT`
 ///   without a reply) has an unknown outcome. It is returned as
 ///   [`Error::OutcomeUnknown`] and never replayed, unless the call was marked idempotent with

@@ -165,7 +165,7 @@ impl Socket {
     /// end of stream) only when the server is saying goodbye (a shutdown or a terminated
     /// backend). `fd` is the socket's descriptor; a duplicate is kept and peeked at, never
     /// read. Without a probe the pool relies on the driver having seen the goodbye, or on the
-    /// goodbye coming as the next statement's first answer.
+    /// goodbye coming as the next prepared statement's first answer.
     ///
     /// The descriptor is also how the TCP settings of the configuration (tokio-postgres's
     /// `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_retries` and, on

@@ -6,7 +6,7 @@ use crate::{
     wait_for_active, watch, within,
 };
 use futures::{StreamExt, TryStreamExt};
-use momopool::Validation;
+use momopool::{Removal, Validation};
 use momopool_pg::{CallOptions, PgPool, Recycling, SharedMode};
 use momopool_tests::proxy::{FaultProxy, Kill};
 use momopool_tests::{Rt, pg};
@@ -148,13 +148,14 @@ async fn closed_after_each_answer(rt: &Rt, pool: &PgPool, proxy: &FaultProxy) {
 /// and fails with its outcome unknown: on the current-thread runtime always; on
 /// multi-threaded executors only when the driver, on another thread, has not noticed first.
 pub(crate) async fn b1_idle_connection_closed_just_after_answering(rt: Rt) {
-    let t = one_connection_through_proxy(&rt, "b1_fin").await;
+    let t = one_connection_through_proxy(&rt, "b1_fin", Validation::default()).await;
     closed_after_each_answer(&rt, &t.pool, &t.proxy).await;
     finish(&rt, &t.pool, &t.admin, &t.app, t.seen).await;
 }
 
-/// A one-connection pool on the shared server through a proxy of its own, with the pool
-/// that looks at the server beside it and a watch on its status.
+/// A one-connection pool on the shared server through a proxy of its own, validating as
+/// `validation` says, with the pool that looks at the server beside it and a watch on its
+/// status.
 struct ThroughProxy {
     proxy: FaultProxy,
     app: String,
@@ -163,7 +164,7 @@ struct ThroughProxy {
     seen: Watch,
 }
 
-async fn one_connection_through_proxy(rt: &Rt, test: &str) -> ThroughProxy {
+async fn one_connection_through_proxy(rt: &Rt, test: &str, validation: Validation) -> ThroughProxy {
     let server = pg::shared();
     let proxy = proxy_to(server);
     let app = unique(rt, test);
@@ -171,6 +172,7 @@ async fn one_connection_through_proxy(rt: &Rt, test: &str) -> ThroughProxy {
     let pool = builder(rt, via(server, &proxy, &app))
         .min_size(1)
         .max_size(1)
+        .configure(move |b| b.validation(validation))
         .build_eager()
         .await
         .unwrap();
@@ -209,7 +211,7 @@ pub(crate) async fn b1_idle_shared_lane_closed_just_after_answering(rt: Rt) {
 }
 
 /// B1 with the goodbye late: the server terminates an idle connection (a FATAL 57P01, then
-/// the end of the stream), and the next statement leaves before those words arrive (held 0.3 s
+/// the end of the stream), and the next statement leaves before those words arrive (held 1 s
 /// in the network), so nothing at checkout can see them. They come as the statement's first
 /// answer, in place of the acknowledgement of its bind: the statement did not run, and is
 /// retried on a new connection with no error for the caller. Without that reading, the
@@ -221,13 +223,14 @@ pub(crate) async fn b1_goodbye_arrives_as_the_first_answer(rt: Rt) {
         admin,
         pool,
         seen,
-    } = one_connection_through_proxy(&rt, "b1_late_goodbye").await;
+    } = one_connection_through_proxy(&rt, "b1_late_goodbye", Validation::Never).await;
     let pid: i32 = pool
         .query_one("SELECT pg_backend_pid()", &[])
         .await
         .unwrap()
         .get(0);
-    proxy.delay(Duration::from_millis(300));
+    // Long enough that even a slow start of the call below sends it first.
+    proxy.delay(Duration::from_secs(1));
     // Waits until the backend has exited: its FATAL is then on its way, through the proxy.
     let terminated: bool = admin
         .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
@@ -235,18 +238,19 @@ pub(crate) async fn b1_goodbye_arrives_as_the_first_answer(rt: Rt) {
         .unwrap()
         .get(0);
     assert!(terminated);
-    let broken = || {
-        pool.inner()
-            .statistics()
-            .closed
-            .get(momopool::Removal::Broken)
+    let closed = || {
+        let closed = pool.inner().statistics().closed;
+        (
+            closed.get(Removal::Broken),
+            closed.get(Removal::FailedCheck),
+        )
     };
-    let broken_before = broken();
+    let (broken_before, failed_checks_before) = closed();
     let call = {
         let pool = pool.clone();
         rt.spawn(async move { pool.query_one("SELECT pg_backend_pid()", &[]).await })
     };
-    // The statement has left by now (a 0.3 s delay starts on each chunk as the proxy reads
+    // The statement has left by now (a 1 s delay starts on each chunk as the proxy reads
     // it); new connections need not wait.
     rt.sleep(Duration::from_millis(100)).await;
     proxy.delay(Duration::ZERO);
@@ -256,9 +260,9 @@ pub(crate) async fn b1_goodbye_arrives_as_the_first_answer(rt: Rt) {
         .get(0);
     assert_ne!(new_pid, pid, "[{}] it ran on a new connection", rt.name());
     assert_eq!(
-        broken(),
-        broken_before + 1,
-        "[{}] the terminated connection was closed as broken",
+        closed(),
+        (broken_before + 1, failed_checks_before),
+        "[{}] the statement, not a check, found the connection dead",
         rt.name()
     );
     finish(&rt, &pool, &admin, &app, seen).await;
