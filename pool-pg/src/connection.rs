@@ -2203,11 +2203,11 @@ mod tests {
         assert!(callproc_sql("", 0).is_err());
     }
 
-    /// The server says goodbye while the connection is idle, and its driver reads that before
-    /// it would write the next request: the request never left, so the statement counts as
-    /// not sent, although the error it gets ("closed") carries no answer to tell by.
-    #[test]
-    fn a_request_its_driver_never_wrote_is_not_sent() {
+    /// A standalone connection on a scripted server that, once told, says goodbye (a FATAL
+    /// 57P01, then the end of the stream), on a runtime whose tasks run only when polled. It
+    /// returns once the goodbye has reached the connection's socket, the driver not having
+    /// been polled since.
+    fn said_goodbye(unnamed: bool) -> (Arc<crate::testing::Stepped>, Connection) {
         use crate::testing::{Stepped, error_response, scripted_server};
         use std::io::Write;
         let (goodbye, say_goodbye) = std::sync::mpsc::channel::<()>();
@@ -2221,16 +2221,28 @@ mod tests {
         });
         let rt = Arc::new(Stepped::default());
         let dsn = format!("host=127.0.0.1 port={} user=u sslmode=disable", addr.port());
-        // Unnamed statements: nothing to prepare first, so the request under test is the
-        // first one after the goodbye.
-        let config = PgConfig::from_dsn(&dsn).unwrap().unnamed_statements(true);
+        let config = PgConfig::from_dsn(&dsn)
+            .unwrap()
+            .unnamed_statements(unnamed);
         let conn = rt
             .run(Connection::connect_with(config, rt.clone()))
             .unwrap();
         goodbye.send(()).unwrap();
         was_said.recv().unwrap();
-        // Loopback delivers it meanwhile; the driver is not polled until the statement is.
+        server.join().unwrap();
+        // Loopback delivers it meanwhile.
         std::thread::sleep(Duration::from_millis(50));
+        (rt, conn)
+    }
+
+    /// The server says goodbye while the connection is idle, and its driver reads that before
+    /// it would write the next request: the request never left, so the statement counts as
+    /// not sent, although the error it gets ("closed") carries no answer to tell by.
+    #[test]
+    fn a_request_its_driver_never_wrote_is_not_sent() {
+        // Unnamed statements: nothing to prepare first, so the request under test is the
+        // first one after the goodbye.
+        let (rt, conn) = said_goodbye(true);
         let written = conn.written.get();
         let failure = rt
             .run(conn.try_statement("SELECT 1", &[], false, Keep::Rows))
@@ -2238,7 +2250,27 @@ mod tests {
         assert_eq!(conn.written.get(), written, "the request was never written");
         assert!(failure.error.is_connection_lost(), "{:?}", failure.error);
         assert!(!failure.sent, "counted as sent: {:?}", failure.error);
-        server.join().unwrap();
+    }
+
+    /// A connection answered less than [`PEEK_AFTER_IDLE`] ago is not peeked at, unless it
+    /// runs unnamed statements (which cannot tell a goodbye by their first answer); after
+    /// that, the peek sees the goodbye either way.
+    #[test]
+    fn the_peek_waits_for_a_moment_of_idleness_unless_statements_are_unnamed() {
+        for unnamed in [false, true] {
+            let (_rt, conn) = said_goodbye(unnamed);
+            // Asked right after an answer. Should the thread be switched out for longer
+            // than the moment in between, the reading proves nothing: try again.
+            let within = (0..20).find_map(|_| {
+                let stamped = Instant::now();
+                conn.stamp_answer();
+                let pending = conn.input_pending();
+                (stamped.elapsed() < PEEK_AFTER_IDLE / 2).then_some(pending)
+            });
+            assert_eq!(within, Some(unnamed), "unnamed statements: {unnamed}");
+            std::thread::sleep(PEEK_AFTER_IDLE * 2);
+            assert!(conn.input_pending(), "unnamed statements: {unnamed}");
+        }
     }
 
     #[test]

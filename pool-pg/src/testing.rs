@@ -73,7 +73,8 @@ impl PgRuntime for Stepped {
         Box::pin(async move {
             let stream = TcpStream::connect(addr)?;
             stream.set_nonblocking(true)?;
-            Ok(Socket::from_tokio(Eager(stream)))
+            let probe = std::os::fd::OwnedFd::from(stream.try_clone()?);
+            Ok(Socket::from_tokio(Eager(stream)).with_probe(probe))
         })
     }
 
