@@ -746,49 +746,49 @@ impl Connection {
             }
             let types = infer_types(params).map_err(Failure::unsent)?;
             let typed = || params.iter().copied().zip(types);
-            let written = self.written.get();
             let outcome = tracked!(
                 &self.broken,
-                collect(|| self.client.query_typed_raw(sql, typed()), keep)
+                collect(
+                    &self.written,
+                    || self.client.query_typed_raw(sql, typed()),
+                    keep
+                )
             );
             // Not `Answer::BindFirst`: `query_typed_raw` may look up an unknown result type
             // with a query of its own after the bind, so an error it returns may come after
             // the statement ran.
-            return self
-                .ran(outcome, written, Answer::InOrder)
-                .map_err(Failure::from);
+            return self.ran(outcome, Answer::InOrder).map_err(Failure::from);
         }
-        let (stmt, leaves_state) = self.prepare_cached(sql).await?;
+        let (mut stmt, leaves_state) = self.prepare_cached(sql).await?;
         if leaves_state && !in_transaction {
             self.set_dirty(true);
         }
         let params = || params.iter().map(|p| *p as &dyn ToSql);
-        let written = self.written.get();
-        let outcome = tracked!(
-            &self.broken,
-            collect(|| self.client.query_raw(&stmt, params()), keep)
-        );
-        match self.ran(outcome, written, Answer::BindFirst) {
-            Err((err, _)) if is_plan_invalidated(&err) => {
-                let stmt = self.prepare_again(sql, err, in_transaction).await?;
-                let written = self.written.get();
-                let outcome = tracked!(
-                    &self.broken,
-                    collect(|| self.client.query_raw(&stmt, params()), keep)
-                );
-                self.ran(outcome, written, Answer::BindFirst)
-                    .map_err(Failure::from)
+        let mut prepared_again = false;
+        loop {
+            let outcome = tracked!(
+                &self.broken,
+                collect(
+                    &self.written,
+                    || self.client.query_raw(&stmt, params()),
+                    keep
+                )
+            );
+            match self.ran(outcome, Answer::BindFirst) {
+                Err((err, _)) if !prepared_again && is_plan_invalidated(&err) => {
+                    stmt = self.prepare_again(sql, err, in_transaction).await?;
+                    prepared_again = true;
+                }
+                outcome => return outcome.map_err(Failure::from),
             }
-            outcome => outcome.map_err(Failure::from),
         }
     }
 
     /// What a statement's outcome (from [`collect`]) says: its rows and count, or its error
-    /// and whether the statement may have run. `written` is the socket's count of bytes
-    /// written before the statement's request was made.
+    /// and whether the statement may have run.
     ///
-    /// A request that failed without one more byte written never reached the server (its
-    /// driver ended first, say on the server's goodbye). And the server answers in order and
+    /// A request that failed without one byte written never reached the server (its driver
+    /// ended first, say on the server's goodbye). And the server answers in order and
     /// runs a statement only after acknowledging its bind (`BindComplete`, which `query_raw`
     /// waits for before it returns the rows' stream): with [`Answer::BindFirst`], the
     /// server's goodbye in place of that acknowledgement (a FATAL, say of a shutdown the
@@ -799,7 +799,6 @@ impl Connection {
     fn ran(
         &self,
         outcome: Result<(Vec<Row>, u64), (tokio_postgres::Error, Phase)>,
-        written: u64,
         answer: Answer,
     ) -> Result<(Vec<Row>, u64), (tokio_postgres::Error, bool)> {
         match outcome {
@@ -809,9 +808,11 @@ impl Connection {
             }
             Err((err, phase)) => {
                 self.note(&err);
-                let unsent = phase == Phase::Start
-                    && (self.written.get() == written
-                        || (answer == Answer::BindFirst && is_goodbye(&err)));
+                let unsent = match phase {
+                    Phase::Unwritten => true,
+                    Phase::Start => answer == Answer::BindFirst && is_goodbye(&err),
+                    Phase::Rows => false,
+                };
                 Err((err, !unsent))
             }
         }
@@ -2049,17 +2050,21 @@ fn render_literals_sql(types: &[Type]) -> String {
     format!("SELECT {}", columns.join(", "))
 }
 
-/// Where a statement's error came: before its rows' stream started (with `query_raw`, before
-/// the server acknowledged the bind), or while reading the rows.
+/// Where a statement's error came: before its request was written at all, before its rows'
+/// stream started (with `query_raw`, before the server acknowledged the bind), or while
+/// reading the rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    Unwritten,
     Start,
     Rows,
 }
 
 /// Awaits the rows' stream that `start` makes, then its rows (kept or only counted), and the
-/// affected-row count. `start` is called here, so that its future is made in place.
+/// affected-row count. `start` is called here, so that its future is made in place; `written`
+/// is the connection's socket count, which tells a request that never left.
 async fn collect<F, S>(
+    written: &Written,
     start: F,
     keep: Keep,
 ) -> Result<(Vec<Row>, u64), (tokio_postgres::Error, Phase)>
@@ -2067,7 +2072,15 @@ where
     F: FnOnce() -> S,
     S: std::future::Future<Output = Result<tokio_postgres::RowStream, tokio_postgres::Error>>,
 {
-    let stream = start().await.map_err(|err| (err, Phase::Start))?;
+    let before = written.get();
+    let stream = start().await.map_err(|err| {
+        let phase = if written.get() == before {
+            Phase::Unwritten
+        } else {
+            Phase::Start
+        };
+        (err, phase)
+    })?;
     futures::pin_mut!(stream);
     let mut rows = Vec::new();
     while let Some(row) = futures::TryStreamExt::try_next(&mut stream)

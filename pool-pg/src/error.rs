@@ -236,7 +236,6 @@ impl Error {
     }
 }
 
-/// Whether a tokio-postgres error means the connection is gone.
 /// Whether `e` is the server's goodbye: an error report of FATAL or PANIC severity, after
 /// which the server ends the session (a shutdown, a terminated backend, an idle timeout).
 pub(crate) fn is_goodbye(e: &tokio_postgres::Error) -> bool {
@@ -248,6 +247,7 @@ pub(crate) fn is_goodbye(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// Whether a tokio-postgres error means the connection is gone.
 pub(crate) fn pg_connection_lost(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;

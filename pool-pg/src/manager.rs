@@ -156,7 +156,7 @@ impl Manager for PgManager {
         // the tail of a failed statement (its ReadyForQuery) or the server's goodbye (the
         // FATAL of a shutdown): a check tells which, for one round trip. A connection answered
         // a moment ago is not peeked at (see `PEEK_AFTER_IDLE`): a goodbye that arrived
-        // since then is still caught as the statement's first answer.
+        // since then is still caught as a prepared statement's first answer.
         conn.is_dirty() || conn.input_pending()
     }
 
