@@ -171,3 +171,28 @@ fn tls_material() -> &'static (String, String) {
         (certified.cert.pem(), certified.key_pair.serialize_pem())
     })
 }
+
+/// Creates `table` with `columns` through `pool`, dropping first what an earlier run may have
+/// left under that name.
+///
+/// # Panics
+///
+/// If the server refuses either statement.
+pub async fn fresh_table(pool: &momopool_pg::PgPool, table: &str, columns: &str) {
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({columns})"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("creating {table}: {e}"));
+}
+
+/// Drops `table` through `pool`, at the end of a test.
+///
+/// # Panics
+///
+/// If the server refuses.
+pub async fn drop_table(pool: &momopool_pg::PgPool, table: &str) {
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap_or_else(|e| panic!("dropping {table}: {e}"));
+}

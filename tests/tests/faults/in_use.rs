@@ -197,12 +197,7 @@ pub(crate) async fn c2_abrupt_loss_mid_statement(rt: Rt) {
     let table = unique(&rt, "c2");
     let app = table.clone();
     let admin = admin_for(&rt, server, &app).await;
-    admin
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-        ))
-        .await
-        .unwrap();
+    pg::fresh_table(&admin, &table, "x int").await;
     let pool = builder(&rt, via(server, &proxy, &app))
         .min_size(1)
         .max_size(2)
@@ -256,10 +251,7 @@ pub(crate) async fn c2_abrupt_loss_mid_statement(rt: Rt) {
     let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "the pool heals");
     finish(&rt, &pool, &admin, &app, seen).await;
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&admin, &table).await;
 }
 
 /// C3: the server's reply to COMMIT is lost. The transaction closure runs once, its caller
@@ -271,12 +263,7 @@ pub(crate) async fn c3_lost_commit_reply(rt: Rt) {
     let table = unique(&rt, "c3");
     let app = table.clone();
     let admin = admin_for(&rt, server, &app).await;
-    admin
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-        ))
-        .await
-        .unwrap();
+    pg::fresh_table(&admin, &table, "x int").await;
     let pool = builder(&rt, via(server, &proxy, &app))
         .min_size(1)
         .max_size(2)
@@ -329,10 +316,7 @@ pub(crate) async fn c3_lost_commit_reply(rt: Rt) {
 
     proxy.pass();
     finish(&rt, &pool, &admin, &app, seen).await;
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&admin, &table).await;
 }
 
 // The destructive cluster's lock is held for the whole test on purpose: it serializes the

@@ -108,10 +108,7 @@ pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
         "[{}] the killed INSERT left nothing",
         rt.name()
     );
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&admin, &table).await;
 }
 
 /// Five rounds of: a statement, then the far end closes its connection (here the network: a
@@ -277,12 +274,7 @@ pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
     let table = unique(&rt, "c2_cut");
     let app = table.clone();
     let admin = admin_for(&rt, server, &app).await;
-    admin
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int, filler text)"
-        ))
-        .await
-        .unwrap();
+    pg::fresh_table(&admin, &table, "x int, filler text").await;
 
     // Learn how many bytes a connection's start-up takes, then cut new connections a little
     // after that: inside the first large statement.
@@ -328,10 +320,7 @@ pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
     proxy.pass();
     pool.execute_count(&insert, &[&"healed"]).await.unwrap();
     finish(&rt, &pool, &admin, &app, seen).await;
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&admin, &table).await;
 }
 
 /// G1: the server refuses connections for 3 s under 200 callers on max 20. Connect attempts
@@ -482,12 +471,7 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         .build_eager()
         .await
         .unwrap();
-    unnamed
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-        ))
-        .await
-        .unwrap();
+    pg::fresh_table(&unnamed, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES ($1)");
     assert_eq!(unnamed.execute_count(&insert, &[&1i32]).await.unwrap(), 1);
     assert!(
@@ -549,10 +533,7 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         "[{}] named statements left behind: {prepared:?}",
         rt.name()
     );
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&admin, &table).await;
 }
 
 /// B2 with `pg_ctl restart -m immediate`: the server stops without a clean shutdown and runs
@@ -766,10 +747,7 @@ pub(crate) async fn c5_blocked_by_a_lock(rt: Rt) {
     let status = pool.inner().status();
     assert_eq!(status.in_use, 0, "the slot is freed: {status:?}");
     finish(&rt, &pool, &admin, &app, seen).await;
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&admin, &table).await;
 }
 
 /// C5 in shared mode: a deadline's cancel request travels on a socket of its own, and here

@@ -45,11 +45,7 @@ pub(crate) async fn tutorial_end_to_end(rt: Rt) {
 
     // transaction: a list of statements, atomically.
     let table = unique(&rt, "tutorial_tx");
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES ($1)");
     let count = format!("SELECT count(*)::int FROM {table}");
     let results = pool
@@ -400,11 +396,7 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
         b.max_size(1).validation(momopool::Validation::Never)
     })
     .await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let mut conn = pool.get().await.unwrap();
     conn.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
         .await
@@ -450,9 +442,7 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
     drop(conn);
     let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 /// C8 with a caller waiting: a connection returned inside a failed transaction goes straight
@@ -600,11 +590,7 @@ pub(crate) async fn transaction_closure_commits_and_rolls_back(rt: Rt) {
     let server = pg::shared();
     let table = unique(&rt, "txclosure");
     let pool = pool_for(&rt, server.config(&table), |b| b).await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES (1)");
     let value: i64 = pool
         .transaction_with(|tx| {
@@ -638,9 +624,7 @@ pub(crate) async fn transaction_closure_commits_and_rolls_back(rt: Rt) {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "the failed closure was rolled back");
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 pub(crate) async fn sql_errors_carry_their_sqlstate(rt: Rt) {
@@ -1013,11 +997,7 @@ pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
     let server = pg::shared();
     let table = unique(&rt, "abandoned_tx");
     let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES ($1)");
     let committed = || async {
         let rows = pool
@@ -1096,9 +1076,7 @@ pub(crate) async fn abandoned_transaction_closure_is_rolled_back_first(rt: Rt) {
     }
     drop(held);
     assert!(committed().await.is_empty());
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 /// A transaction closure that panics: its transaction is rolled back, the panic reaches the
@@ -1112,11 +1090,7 @@ pub(crate) async fn panicking_transaction_closure_is_rolled_back(rt: Rt) {
         b.max_size(1).validation(momopool::Validation::Never)
     })
     .await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES (1)");
 
     let mut conn = Connection::connect_with(server.config(&table), rt.pg_runtime())
@@ -1179,9 +1153,7 @@ pub(crate) async fn panicking_transaction_closure_is_rolled_back(rt: Rt) {
     assert_eq!(row.get::<_, i32>(2), 0, "[{}] pooled", rt.name());
     let stats = pool.inner().statistics();
     assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 /// `PgPool::transaction_with` cancelled while its closure waits: nothing is committed, and
@@ -1194,11 +1166,7 @@ pub(crate) async fn cancelled_pool_transaction_leaves_nothing_behind(rt: Rt) {
         b.max_size(1).validation(momopool::Validation::Never)
     })
     .await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let pid: i32 = pool
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -1239,9 +1207,7 @@ pub(crate) async fn cancelled_pool_transaction_leaves_nothing_behind(rt: Rt) {
         assert_eq!(row.get::<_, Option<String>>(1), None, "{name}");
         assert_eq!(row.get::<_, i32>(2), 0, "{name}: nothing committed");
     }
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 /// `copy_in`, `copy_out` and `query_stream` run to their end: the data goes round, and the
@@ -1251,11 +1217,7 @@ pub(crate) async fn copy_and_row_streams_round_trip(rt: Rt) {
     let server = pg::shared();
     let table = unique(&rt, "copy_round_trip");
     let pool = pool_for(&rt, server.config(&table), |b| b.max_size(1)).await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int, s text)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int, s text").await;
     let mut conn = pool.get().await.unwrap();
     let pid = conn.backend_pid();
 
@@ -1334,9 +1296,7 @@ pub(crate) async fn copy_and_row_streams_round_trip(rt: Rt) {
     drop(conn);
     let stats = pool.inner().statistics();
     assert_eq!(stats.closed.total(), 0, "[{}] {stats:?}", rt.name());
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 /// A connection given back in the middle of a row stream or a `COPY`, or after its raw
@@ -1350,11 +1310,7 @@ pub(crate) async fn unfinished_streams_and_raw_clients_are_not_handed_on(rt: Rt)
         b.max_size(1).validation(momopool::Validation::Never)
     })
     .await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     let lots = "COPY (SELECT generate_series(1, 1000000)) TO STDOUT";
     let broken = || pool.inner().statistics().closed.get(Removal::Broken);
     let mut closed = 0;
@@ -1421,9 +1377,7 @@ pub(crate) async fn unfinished_streams_and_raw_clients_are_not_handed_on(rt: Rt)
     conn.client().simple_query("SELECT 1").await.unwrap();
     let one: i32 = conn.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
-    pool.batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .unwrap();
+    pg::drop_table(&pool, &table).await;
 }
 
 /// The kernel's keepalive timer on this process's end of `conn`, from `/proc/net/tcp` (or

@@ -155,12 +155,7 @@ pub(crate) async fn recycling_methods_send_what_they_say(rt: Rt) {
         ),
     ];
     let setup = admin_pool(&rt, &table).await;
-    setup
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-        ))
-        .await
-        .unwrap();
+    pg::fresh_table(&setup, &table, "x int").await;
     for (i, (recycling, expected)) in methods.into_iter().enumerate() {
         let app = format!("{table}_{i}");
         let config = server.config(&app).recycling(recycling.clone());
@@ -244,11 +239,7 @@ pub(crate) async fn idempotent_transaction_is_replayed_once(rt: Rt) {
     let server = pg::shared();
     let table = unique(&rt, "idem_tx");
     let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
-    pool.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
-    ))
-    .await
-    .unwrap();
+    pg::fresh_table(&pool, &table, "x int").await;
     for idempotent in [false, true] {
         let attempts = Arc::new(AtomicUsize::new(0));
         let options = if idempotent {
