@@ -7,7 +7,7 @@
 //! the server: that is what makes retrying safe.
 
 use crate::config::{PgConfig, Recycling, Target};
-use crate::error::{Error, is_goodbye, pg_connection_lost};
+use crate::error::{Error, is_goodbye, outcome_unknown, pg_connection_lost};
 use crate::runtime::{PgRuntime, Probe, Socket, Written};
 use crate::sql;
 use crate::stream::{CopyInSink, CopyOutStream, RowStream};
@@ -177,6 +177,19 @@ impl Failure {
             sent: true,
         }
     }
+}
+
+/// How a transaction closure's attempt failed, as far as its `COMMIT` is concerned.
+#[derive(Debug)]
+pub(crate) enum TxFailure {
+    /// `BEGIN` failed: the closure never ran.
+    NotStarted(Error),
+    /// The closure ran and nothing was committed: the closure's own error, a `COMMIT` the
+    /// server refused, or a connection lost before the `COMMIT` was written.
+    NotCommitted(Error),
+    /// The connection was lost with the `COMMIT` in flight, or after the closure ended the
+    /// transaction itself: it may have committed.
+    MayHaveCommitted(Error),
 }
 
 impl From<(tokio_postgres::Error, bool)> for Failure {
@@ -1457,8 +1470,12 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// The closure's error; [`Error::OutcomeUnknown`] when the connection was lost while the
-    /// `COMMIT` was in flight (it may or may not have committed).
+    /// The closure's error, or the error of a `COMMIT` that failed: nothing was committed.
+    /// A connection lost before the `COMMIT` was sent is such an error too
+    /// ([`Error::is_connection_lost`]): the server rolls back a transaction whose connection
+    /// ends. [`Error::OutcomeUnknown`] only when the connection was lost with the `COMMIT` in
+    /// flight, or after the closure ended the transaction itself (see [`Transaction`]): then
+    /// it may or may not have committed.
     ///
     /// # Cancel safety
     ///
@@ -1485,39 +1502,51 @@ impl Connection {
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
-        self.try_transaction(f).await.map_err(|failure| {
-            if failure.sent && failure.error.is_connection_lost() {
-                Error::OutcomeUnknown(Box::new(failure.error))
-            } else {
-                failure.error
-            }
-        })
+        self.try_transaction(f)
+            .await
+            .map_err(|failure| match failure {
+                TxFailure::NotStarted(error) | TxFailure::NotCommitted(error) => error,
+                TxFailure::MayHaveCommitted(error) => outcome_unknown(error),
+            })
     }
 
-    pub(crate) async fn try_transaction<T, F>(&mut self, f: F) -> Result<T, Failure>
+    pub(crate) async fn try_transaction<T, F>(&mut self, f: F) -> Result<T, TxFailure>
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
         self.set_dirty(true);
-        self.try_batch("BEGIN").await.map_err(|mut failure| {
-            // Nothing of the caller's ran yet.
-            failure.sent = false;
-            failure
-        })?;
+        self.try_batch("BEGIN")
+            .await
+            .map_err(|failure| TxFailure::NotStarted(failure.error))?;
         // Armed while the caller's closure runs: dropped there, between statements, this
         // future would leave the transaction open on the server, so the guard queues its
         // ROLLBACK ahead of anything the connection runs next. (Everything else this method
         // awaits is a tracked request: dropped half-way, it marks the connection broken.)
         let abandoned = RollBackIfAbandoned { conn: self };
-        let outcome = {
-            let mut tx = Transaction { conn: self };
+        let (outcome, ended) = {
+            let mut tx = Transaction {
+                conn: self,
+                ended: false,
+            };
             let fut = f(&mut tx);
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
+            let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await;
+            (outcome, tx.ended)
         };
         std::mem::forget(abandoned);
+        // Until the COMMIT leaves, a lost connection takes the whole transaction with it;
+        // unless the closure ended the transaction itself, and ran on outside it.
+        let classify = |error: Error, commit_sent: bool| {
+            if error.is_connection_lost() && (commit_sent || ended) {
+                TxFailure::MayHaveCommitted(error)
+            } else {
+                TxFailure::NotCommitted(error)
+            }
+        };
         match outcome {
             Ok(Ok(value)) => {
-                self.try_batch("COMMIT").await?;
+                self.try_batch("COMMIT")
+                    .await
+                    .map_err(|failure| classify(failure.error, failure.sent))?;
                 self.set_dirty(false);
                 Ok(value)
             }
@@ -1525,7 +1554,7 @@ impl Connection {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
                     self.set_dirty(false);
                 }
-                Err(Failure::sent(error))
+                Err(classify(error, false))
             }
             Err(panic) => {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
@@ -1547,13 +1576,17 @@ impl Connection {
             failure
         })?;
         let mut results = Vec::with_capacity(statements.len());
+        let mut ended = false;
         for (sql, params) in statements {
+            ended = ended || sql::may_end_transaction(sql);
             match self.try_statement(sql, params, true, Keep::Rows).await {
                 Ok((rows, _)) => results.push(rows),
                 Err(mut failure) => {
                     // Nothing was committed: a transaction cut off before COMMIT is rolled
                     // back by the server, so replaying the whole list from BEGIN is safe.
-                    failure.sent = false;
+                    // Unless a statement of the list ended the transaction early: what ran
+                    // before it stays, and the list must not run again.
+                    failure.sent = ended;
                     if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
                         self.set_dirty(false);
                     }
@@ -1561,7 +1594,10 @@ impl Connection {
                 }
             }
         }
-        self.try_batch("COMMIT").await?;
+        self.try_batch("COMMIT").await.map_err(|mut failure| {
+            failure.sent = failure.sent || ended;
+            failure
+        })?;
         self.set_dirty(false);
         Ok(results)
     }
@@ -1664,9 +1700,21 @@ impl Connection {
     }
 }
 
-/// A connection inside a transaction, as given to [`Connection::transaction`] and
+/// A connection inside a transaction, as given to [`Connection::transaction_with`] and
 /// [`PgPool::transaction_with`](crate::PgPool::transaction_with): the same statement methods,
 /// minus retries (nothing is ever replayed inside a transaction).
+///
+/// A connection lost mid-statement here does not leave an unknown outcome: the server rolls
+/// back a transaction whose connection ends, so nothing the transaction did is kept (effects
+/// that ignore transactions, such as `nextval`, excepted). The statement returns the lost
+/// connection's error ([`Error::is_connection_lost`]), and so does the transaction, having
+/// committed nothing.
+///
+/// That holds while the transaction is the one the closure was given. A statement that may
+/// end it (`COMMIT`, `END`, `ABORT`, `ROLLBACK` but not `ROLLBACK TO`, `PREPARE
+/// TRANSACTION`, spotted by its first word) makes what follows run outside it: from then on,
+/// a connection lost mid-statement is an [`Error::OutcomeUnknown`], here and for the whole
+/// transaction.
 ///
 /// # Examples
 ///
@@ -1690,6 +1738,8 @@ impl Connection {
 /// ```
 pub struct Transaction<'a> {
     conn: &'a Connection,
+    /// Whether a statement the closure ran may have ended the transaction.
+    ended: bool,
 }
 
 /// Queues a `ROLLBACK` if dropped: the transaction closure it guards was abandoned between
@@ -1714,11 +1764,28 @@ impl std::fmt::Debug for Transaction<'_> {
 }
 
 impl Transaction<'_> {
+    /// Notes whether `sql` may end the transaction, before it runs.
+    fn note_end(&mut self, sql: &str) {
+        self.ended = self.ended || sql::may_end_transaction(sql);
+    }
+
+    /// Turns a statement's failure into the error the closure sees: inside the transaction,
+    /// a lost connection takes the statement's effects with it; outside it (the closure
+    /// ended it), the outcome is as unknown as on a [`Connection`].
+    fn settle<T>(&self, outcome: Result<T, Failure>) -> Result<T, Error> {
+        if self.ended {
+            Connection::settle(outcome)
+        } else {
+            outcome.map_err(|failure| failure.error)
+        }
+    }
+
     /// Runs a statement and returns its rows.
     ///
     /// # Errors
     ///
-    /// As for [`Connection::query`]; a cached plan invalidated by a schema change gives
+    /// As for [`Connection::query`], but a lost connection is not an unknown outcome (see
+    /// [`Transaction`]); a cached plan invalidated by a schema change gives
     /// [`Error::PlanInvalidated`].
     ///
     /// # Cancel safety
@@ -1744,12 +1811,9 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        Connection::settle(
-            self.conn
-                .try_statement(sql, params, true, Keep::Rows)
-                .await
-                .map(|(rows, _)| rows),
-        )
+        self.note_end(sql);
+        let outcome = self.conn.try_statement(sql, params, true, Keep::Rows).await;
+        self.settle(outcome.map(|(rows, _)| rows))
     }
 
     /// Runs a statement that returns exactly one row.
@@ -1889,12 +1953,12 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        Connection::settle(
-            self.conn
-                .try_statement(sql, params, true, Keep::Count)
-                .await
-                .map(|(_, n)| n),
-        )
+        self.note_end(sql);
+        let outcome = self
+            .conn
+            .try_statement(sql, params, true, Keep::Count)
+            .await;
+        self.settle(outcome.map(|(_, n)| n))
     }
 
     /// Runs statements separated by semicolons, without parameters.
@@ -1921,7 +1985,9 @@ impl Transaction<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        Connection::settle(self.conn.try_batch(sql).await)
+        self.note_end(sql);
+        let outcome = self.conn.try_batch(sql).await;
+        self.settle(outcome)
     }
 }
 

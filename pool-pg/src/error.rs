@@ -236,6 +236,14 @@ impl Error {
     }
 }
 
+/// `error` marked as having an unknown outcome, unless it is marked so already.
+pub(crate) fn outcome_unknown(error: Error) -> Error {
+    match error {
+        Error::OutcomeUnknown(_) => error,
+        other => Error::OutcomeUnknown(Box::new(other)),
+    }
+}
+
 /// Whether `e` is the server's goodbye: an error report of FATAL or PANIC severity, after
 /// which the server ends the session (a shutdown, a terminated backend, an idle timeout).
 pub(crate) fn is_goodbye(e: &tokio_postgres::Error) -> bool {

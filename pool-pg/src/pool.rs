@@ -3,8 +3,8 @@
 //! See [`PgPool`] for the retry and reconnect rules every call follows.
 
 use crate::config::PgConfig;
-use crate::connection::{Connection, Failure, Keep, Transaction};
-use crate::error::Error;
+use crate::connection::{Connection, Failure, Keep, Transaction, TxFailure};
+use crate::error::{Error, outcome_unknown};
 use crate::manager::PgManager;
 use crate::runtime::PgRuntime;
 use crate::shared::{Lanes, SharedMode};
@@ -140,6 +140,10 @@ impl CallOptions {
 ///   [`Error::OutcomeUnknown`] and never replayed, unless the call was marked idempotent with
 ///   [`CallOptions::idempotent`], which allows one replay on a fresh connection within the
 ///   deadline. Nothing inside a caller's transaction is ever retried on its own.
+/// - A transaction whose connection is lost before its `COMMIT` is sent committed nothing:
+///   the server rolls it back. The list form ([`transaction`](PgPool::transaction)) then runs
+///   again from `BEGIN`; a closure ([`transaction_with`](PgPool::transaction_with)) returns
+///   the lost connection's error, which is not an unknown outcome.
 /// - SQL errors are returned at once with their SQLSTATE.
 /// - Authentication and unknown-database errors fail every waiting caller at once, without
 ///   a reconnect storm.
@@ -781,8 +785,19 @@ impl PgPool {
     ///
     /// # Errors
     ///
-    /// The closure's error, or [`Error::OutcomeUnknown`] when the connection was lost after
-    /// the transaction started (never replayed unless marked idempotent).
+    /// The closure's error, or the error of a `COMMIT` that failed: nothing was committed.
+    /// A connection lost before the `COMMIT` was sent is such an error too
+    /// ([`Error::is_connection_lost`]): the server rolled the transaction back.
+    /// [`Error::OutcomeUnknown`] when the connection was lost with the `COMMIT` in flight, or
+    /// after the closure ended the transaction itself (see [`Transaction`]).
+    ///
+    /// # Retries
+    ///
+    /// A connection found dead at `BEGIN` is replaced before the closure runs (up to three
+    /// times), with no error reaching the caller. Once the closure has run, it is never run
+    /// again on its own, whether or not anything was committed: what it did outside the
+    /// database may have happened. Marked idempotent ([`CallOptions::idempotent`]), it runs
+    /// once more on a fresh connection after a lost connection, within its deadline.
     ///
     /// # Cancel safety
     ///
@@ -1425,41 +1440,47 @@ impl Calls<'_> {
                         let sleep = self.pool.pool.runtime().sleep(remaining);
                         match futures::future::select(Box::pin(attempt), sleep).await {
                             futures::future::Either::Left((outcome, _)) => outcome,
-                            futures::future::Either::Right(_) => Err(Failure {
-                                error: Error::StatementTimeout { after: limit },
-                                sent: true,
-                            }),
+                            futures::future::Either::Right(_) => {
+                                Err(TxFailure::MayHaveCommitted(Error::StatementTimeout {
+                                    after: limit,
+                                }))
+                            }
                         }
                     }
                 }
             };
-            match outcome {
+            let (error, may_have_committed) = match outcome {
                 Ok(value) => return Ok(value),
-                Err(Failure { error, sent }) => {
-                    if let Error::StatementTimeout { .. } = error {
-                        conn.cancel_in_background();
-                        conn.mark_broken();
-                        return Err(error);
-                    }
-                    if !error.is_connection_lost() {
-                        return Err(error);
-                    }
-                    drop(conn);
-                    if !sent && unsent_retries < 3 {
+                Err(TxFailure::NotStarted(error)) => {
+                    // The closure never ran: a dead connection is the transparent retry.
+                    if error.is_connection_lost() && unsent_retries < 3 {
                         unsent_retries += 1;
                         continue;
                     }
-                    if sent && self.options.idempotent && !replayed {
-                        replayed = true;
-                        continue;
-                    }
-                    return Err(if sent {
-                        Error::OutcomeUnknown(Box::new(error))
-                    } else {
-                        error
-                    });
+                    return Err(error);
                 }
+                Err(TxFailure::NotCommitted(error)) => (error, false),
+                Err(TxFailure::MayHaveCommitted(error)) => (error, true),
+            };
+            if let Error::StatementTimeout { .. } = error {
+                conn.cancel_in_background();
+                conn.mark_broken();
+                return Err(error);
             }
+            if !error.is_connection_lost() {
+                return Err(error);
+            }
+            drop(conn);
+            // The closure ran: only the caller knows whether running it again is safe.
+            if self.options.idempotent && !replayed {
+                replayed = true;
+                continue;
+            }
+            return Err(if may_have_committed {
+                outcome_unknown(error)
+            } else {
+                error
+            });
         }
     }
 }

@@ -1041,6 +1041,27 @@ pub(crate) fn may_open_transaction(sql: &str) -> bool {
     statement_heads(sql).any(|(word, len, _)| matches!(&word[..len], b"begin" | b"start"))
 }
 
+/// Whether `sql` may end the transaction it runs in: any of its statements starts with
+/// `COMMIT`, `END`, `ABORT`, `ROLLBACK` (but not `ROLLBACK TO`, which stays in the
+/// transaction) or `PREPARE TRANSACTION`. A rough look that may say yes too often (a `;` in a
+/// dollar-quoted body, say), which only makes a lost connection's outcome reported as
+/// unknown where it was known.
+pub(crate) fn may_end_transaction(sql: &str) -> bool {
+    statement_heads(sql).any(|(word, len, rest)| match &word[..len] {
+        b"commit" | b"end" | b"abort" => true,
+        b"rollback" => {
+            // ROLLBACK [ WORK | TRANSACTION ] TO [ SAVEPOINT ] name
+            let (mut next, after) = next_word(rest);
+            if next.eq_ignore_ascii_case(b"work") || next.eq_ignore_ascii_case(b"transaction") {
+                next = next_word(after).0;
+            }
+            !next.eq_ignore_ascii_case(b"to")
+        }
+        b"prepare" => next_word(rest).0.eq_ignore_ascii_case(b"transaction"),
+        _ => false,
+    })
+}
+
 /// Whether `sql` may change the session's state (transaction control, settings, cursors,
 /// listening, prepared statements, temporary objects, locks, `DO` blocks, `COPY`), which
 /// would leak to other callers sharing the connection. A rough look by first keyword that
@@ -1092,6 +1113,28 @@ mod transaction_tests {
         assert!(!may_open_transaction("SELECT ';begin'"));
         assert!(!may_open_transaction("SELECT \"a;begin\" FROM t"));
         assert!(may_open_transaction("SELECT 'it''s; fine'; BEGIN"));
+    }
+
+    #[test]
+    fn spots_transaction_ends() {
+        use super::may_end_transaction;
+        assert!(may_end_transaction("COMMIT"));
+        assert!(may_end_transaction("insert into t values (1); commit"));
+        assert!(may_end_transaction("/* done */ END"));
+        assert!(may_end_transaction("abort"));
+        assert!(may_end_transaction("ROLLBACK"));
+        assert!(may_end_transaction("ROLLBACK WORK"));
+        assert!(may_end_transaction("COMMIT AND CHAIN"));
+        assert!(may_end_transaction("PREPARE TRANSACTION 'tx1'"));
+        assert!(!may_end_transaction("ROLLBACK TO SAVEPOINT a"));
+        assert!(!may_end_transaction("rollback transaction to a"));
+        assert!(!may_end_transaction("Rollback Work To Savepoint a"));
+        assert!(!may_end_transaction("PREPARE q AS SELECT 1"));
+        assert!(!may_end_transaction("SELECT committed FROM t"));
+        assert!(!may_end_transaction("SELECT 'commit'"));
+        assert!(!may_end_transaction("SAVEPOINT a; RELEASE SAVEPOINT a"));
+        // Errs towards yes: the `;` inside the dollar-quoted body cuts there.
+        assert!(may_end_transaction("DO $$ BEGIN PERFORM 1; END $$"));
     }
 
     #[test]

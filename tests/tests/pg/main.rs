@@ -119,6 +119,7 @@ momopool_tests::matrix!(
     server_gone_error_revalidates_idle_connections,
     get_pinged_pings_the_server,
     statement_list_lost_before_commit_runs_again,
+    transaction_ended_early_by_its_own_statement,
     standalone_connection_speaks_the_pools_api,
     callproc_resolves_overloaded_names,
     returned_transaction_releases_its_locks_at_once,

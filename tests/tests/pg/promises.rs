@@ -234,7 +234,8 @@ pub(crate) async fn unix_domain_socket(rt: Rt) {
 }
 
 /// A transaction closure marked idempotent is replayed once on a fresh connection when its
-/// connection is lost mid-way; unmarked, the caller hears that the outcome is unknown.
+/// connection is lost mid-way; unmarked, it is not, and the caller hears of the lost
+/// connection, which committed nothing (not of an unknown outcome).
 pub(crate) async fn idempotent_transaction_is_replayed_once(rt: Rt) {
     let server = pg::shared();
     let table = unique(&rt, "idem_tx");
@@ -275,7 +276,11 @@ pub(crate) async fn idempotent_transaction_is_replayed_once(rt: Rt) {
             assert_eq!(n, 1, "the replay committed once");
         } else {
             let err = result.unwrap_err();
-            assert!(err.is_outcome_unknown(), "[{}] {err:?}", rt.name());
+            assert!(
+                err.is_connection_lost() && !err.is_outcome_unknown(),
+                "[{}] {err:?}",
+                rt.name()
+            );
             assert_eq!(attempts.load(Ordering::SeqCst), 1, "not replayed");
             assert_eq!(n, 0, "the lost transaction did not commit");
         }
@@ -414,6 +419,49 @@ pub(crate) async fn statement_list_lost_before_commit_runs_again(rt: Rt) {
         .unwrap()
         .get(0);
     assert_eq!(runs, 2, "ran twice");
+}
+
+/// A transaction that a statement of its own ended early (a `COMMIT` inside the closure, or in
+/// the list) ran on outside it: a connection lost after that leaves the outcome unknown, and
+/// the statement list is not run again from `BEGIN`, which would repeat what was committed.
+pub(crate) async fn transaction_ended_early_by_its_own_statement(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "ended_early");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pg::fresh_table(&pool, &table, "x int").await;
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let count = format!("SELECT count(*) FROM {table}");
+    let die = "SELECT pg_terminate_backend(pg_backend_pid())";
+
+    let err = pool
+        .transaction_with(|tx| {
+            let insert = insert.clone();
+            Box::pin(async move {
+                tx.execute(&insert, &[]).await?;
+                tx.execute("COMMIT", &[]).await?;
+                tx.execute(die, &[]).await?;
+                Ok(())
+            })
+        })
+        .await
+        .expect_err("the connection was lost");
+    assert!(err.is_outcome_unknown(), "[{}] closure: {err:?}", rt.name());
+    let n: i64 = pool.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(
+        n,
+        1,
+        "[{}] the closure's own COMMIT went through",
+        rt.name()
+    );
+
+    let err = pool
+        .transaction(&[(&insert, &[]), ("COMMIT", &[]), (die, &[])])
+        .await
+        .expect_err("the connection was lost");
+    assert!(err.is_outcome_unknown(), "[{}] list: {err:?}", rt.name());
+    let n: i64 = pool.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 2, "[{}] the list ran once", rt.name());
+    pg::drop_table(&pool, &table).await;
 }
 
 /// A standalone connection answers to the pool's names with the pool's meanings: `execute`
