@@ -421,6 +421,49 @@ pub(crate) async fn statement_list_lost_before_commit_runs_again(rt: Rt) {
     assert_eq!(runs, 2, "ran twice");
 }
 
+/// A transaction closure whose session the server ended while the closure was busy (here by
+/// `idle_in_transaction_session_timeout`) committed nothing: the caller gets the lost
+/// connection's error, not an unknown outcome, and the closure, not marked idempotent, does
+/// not run again, although its `COMMIT` never left.
+pub(crate) async fn transaction_closure_runs_once_when_its_session_ends(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "closure_once");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pg::fresh_table(&pool, &table, "x int").await;
+    let runtime = rt.pg_runtime();
+    let runs = AtomicUsize::new(0);
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let err = pool
+        .transaction_with(|tx| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let insert = insert.clone();
+            let busy = runtime.sleep(Duration::from_millis(500));
+            Box::pin(async move {
+                tx.execute(&insert, &[]).await?;
+                tx.execute("SET LOCAL idle_in_transaction_session_timeout = 50", &[])
+                    .await?;
+                // The server ends the session meanwhile.
+                busy.await;
+                Ok(())
+            })
+        })
+        .await
+        .expect_err("the session ended before COMMIT");
+    assert!(
+        err.is_connection_lost() && !err.is_outcome_unknown(),
+        "[{}] {err:?}",
+        rt.name()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "[{}] run again", rt.name());
+    let n: i64 = pool
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "[{}] nothing was committed", rt.name());
+    pg::drop_table(&pool, &table).await;
+}
+
 /// A transaction that a statement of its own ended early (a `COMMIT` inside the closure, or in
 /// the list) ran on outside it: a connection lost after that leaves the outcome unknown, and
 /// the statement list is not run again from `BEGIN`, which would repeat what was committed.
