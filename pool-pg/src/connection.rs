@@ -856,6 +856,10 @@ impl Connection {
         }
     }
 
+    /// Runs `sql` with the simple protocol. It fails as not sent when the connection was
+    /// closed, or when not one byte was written to its socket meanwhile (the driver read the
+    /// server's goodbye first); there is no bind acknowledgement here to tell a goodbye that
+    /// arrived after the request left.
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
         if self.dirties(sql) {
             self.set_dirty(true);
@@ -863,9 +867,13 @@ impl Connection {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
+        let before = self.written.get();
         tracked!(&self.broken, self.client.batch_execute(sql)).map_err(|err| {
             self.note(&err);
-            Failure::sent(err)
+            Failure {
+                error: err.into(),
+                sent: self.written.get() != before,
+            }
         })
     }
 
@@ -2329,6 +2337,58 @@ mod tests {
         assert_eq!(conn.written.get(), written, "the request was never written");
         assert!(failure.error.is_connection_lost(), "{:?}", failure.error);
         assert!(!failure.sent, "counted as sent: {:?}", failure.error);
+        // The same for the simple protocol.
+        let (rt, conn) = said_goodbye(false);
+        let failure = rt.run(conn.try_batch("SELECT 1")).unwrap_err();
+        assert!(failure.error.is_connection_lost(), "{:?}", failure.error);
+        assert!(!failure.sent, "batch counted as sent: {:?}", failure.error);
+    }
+
+    /// The server says goodbye while a transaction's closure runs, unseen until the
+    /// `COMMIT`, which the driver then never writes: nothing was committed, and the
+    /// transaction says so instead of leaving its outcome unknown.
+    #[test]
+    fn a_commit_its_driver_never_wrote_committed_nothing() {
+        use crate::testing::{Stepped, error_response, message, read_message, scripted_server};
+        use std::io::Write;
+        let (goodbye, say_goodbye) = std::sync::mpsc::channel::<()>();
+        let (said, was_said) = std::sync::mpsc::channel::<()>();
+        let (addr, server) = scripted_server(move |mut socket| {
+            let (kind, begin) = read_message(&mut socket);
+            assert_eq!((kind, begin.as_slice()), (b'Q', &b"BEGIN\0"[..]));
+            let mut answer = message(b'C', b"BEGIN\0");
+            answer.extend(message(b'Z', b"T"));
+            socket.write_all(&answer).unwrap();
+            say_goodbye.recv().unwrap();
+            let fatal = error_response("FATAL", "57P01", "terminating connection");
+            socket.write_all(&fatal).unwrap();
+            drop(socket);
+            said.send(()).unwrap();
+        });
+        let rt = Arc::new(Stepped::default());
+        let dsn = format!("host=127.0.0.1 port={} user=u sslmode=disable", addr.port());
+        let mut conn = rt
+            .run(Connection::connect_with(
+                PgConfig::from_dsn(&dsn).unwrap(),
+                rt.clone(),
+            ))
+            .unwrap();
+        let failure = rt
+            .run(conn.try_transaction(|_| {
+                Box::pin(async move {
+                    // The driver is not polled while this closure blocks.
+                    goodbye.send(()).unwrap();
+                    was_said.recv().unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                    Ok(())
+                })
+            }))
+            .unwrap_err();
+        server.join().unwrap();
+        match failure {
+            TxFailure::NotCommitted(error) => assert!(error.is_connection_lost(), "{error:?}"),
+            other => panic!("expected NotCommitted, got {other:?}"),
+        }
     }
 
     /// A connection answered less than [`PEEK_AFTER_IDLE`] ago is not peeked at, unless it

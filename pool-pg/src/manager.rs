@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 ///   goodbye message that arrives sooner, or unseen, comes as the next prepared statement's
 ///   first answer, in place of the acknowledgement of its bind: the statement did not run,
 ///   and is retried. A silent close (a killed backend) in that millisecond, or a goodbye
-///   before a `batch_execute`, leaves the outcome unknown, as it does for a statement
-///   already in flight. A connection handed
+///   that reaches a `batch_execute` after its request left, leaves the outcome unknown, as
+///   it does for a statement already in flight. A connection handed
 ///   straight from the caller who returned it to a waiting one never sat idle, so it is not
 ///   peeked at (**needs_check_on_handover**); its session state still counts;
 /// - **classify** makes authentication and unknown-database errors permanent (SQLSTATE class

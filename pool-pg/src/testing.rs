@@ -124,7 +124,7 @@ impl AsyncWrite for Eager {
 }
 
 /// One message of the server's side of the protocol: its type byte and body.
-fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
     out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     out.extend_from_slice(body);
@@ -168,16 +168,20 @@ pub(crate) fn scripted_server(
         hello.extend(message(b'Z', b"I"));
         socket.write_all(&hello).unwrap();
         // The connection's first query (its backend pid): no rows.
-        let mut head = [0; 5];
-        socket.read_exact(&mut head).unwrap();
-        assert_eq!(head[0], b'Q');
-        let mut query =
-            vec![0; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
-        socket.read_exact(&mut query).unwrap();
+        assert_eq!(read_message(&mut socket).0, b'Q');
         let mut answer = message(b'C', b"SELECT 0\0");
         answer.extend(message(b'Z', b"I"));
         socket.write_all(&answer).unwrap();
         then(socket);
     });
     (addr, server)
+}
+
+/// Reads one message of the client's side of the protocol: its type byte and body.
+pub(crate) fn read_message(socket: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0; 5];
+    socket.read_exact(&mut head).unwrap();
+    let mut body = vec![0; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+    socket.read_exact(&mut body).unwrap();
+    (head[0], body)
 }
