@@ -381,8 +381,9 @@ impl PgConfig {
     }
 
     /// A deadline for every statement run through the pool's calls; at the deadline a cancel
-    /// request is sent and the caller gets [`Error::StatementTimeout`]. `None` (the default)
-    /// waits as long as the statement runs.
+    /// request is sent and the caller gets [`Error::StatementTimeout`] (for a transaction
+    /// whose `COMMIT` had not been sent yet, [`Error::TransactionTimeout`]: nothing was
+    /// committed). `None` (the default) waits as long as the statement runs.
     ///
     /// # Examples
     ///

@@ -328,6 +328,9 @@ pub struct Connection {
     dirty: AtomicBool,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
+    /// What the current transaction did may be committed: its `COMMIT`, or a statement
+    /// that may end it, was sent. Cleared before each `BEGIN` the connection sends itself.
+    past_commit: AtomicBool,
     /// The raw client was handed out ([`Connection::client`]): the pool discards the
     /// connection when it comes back.
     raw_client: bool,
@@ -539,6 +542,7 @@ impl Connection {
             backend_pid: 0,
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            past_commit: AtomicBool::new(false),
             raw_client: false,
             rollback_queued: false,
             target: (target.clone(), port),
@@ -651,6 +655,33 @@ impl Connection {
 
     fn set_dirty(&self, dirty: bool) {
         self.dirty.store(dirty, Ordering::Relaxed);
+    }
+
+    /// Whether what the current transaction did may have been committed (see
+    /// [`Transaction`]): a deadline or a lost connection after this leaves the outcome
+    /// unknown; before it, nothing was committed.
+    pub(crate) fn past_commit(&self) -> bool {
+        self.past_commit.load(Ordering::Relaxed)
+    }
+
+    /// Notes, before `sql` runs in a transaction, whether it may end the transaction.
+    fn note_end(&self, sql: &str) {
+        if sql::may_end_transaction(sql) {
+            self.past_commit.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `BEGIN`, for a transaction of the connection's own.
+    async fn begin(&self) -> Result<(), Failure> {
+        self.set_dirty(true);
+        self.past_commit.store(false, Ordering::Relaxed);
+        self.try_batch("BEGIN").await
+    }
+
+    /// Sends the transaction's `COMMIT`.
+    async fn commit(&self) -> Result<(), Failure> {
+        self.past_commit.store(true, Ordering::Relaxed);
+        self.try_batch("COMMIT").await
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, StatementCache> {
@@ -1522,8 +1553,7 @@ impl Connection {
     where
         F: for<'c> FnOnce(&'c mut Transaction<'_>) -> momopool::BoxFuture<'c, Result<T, Error>>,
     {
-        self.set_dirty(true);
-        self.try_batch("BEGIN")
+        self.begin()
             .await
             .map_err(|failure| TxFailure::NotStarted(failure.error))?;
         // Armed while the caller's closure runs: dropped there, between statements, this
@@ -1531,16 +1561,13 @@ impl Connection {
         // ROLLBACK ahead of anything the connection runs next. (Everything else this method
         // awaits is a tracked request: dropped half-way, it marks the connection broken.)
         let abandoned = RollBackIfAbandoned { conn: self };
-        let (outcome, ended) = {
-            let mut tx = Transaction {
-                conn: self,
-                ended: false,
-            };
+        let outcome = {
+            let mut tx = Transaction { conn: self };
             let fut = f(&mut tx);
-            let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await;
-            (outcome, tx.ended)
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
         };
         std::mem::forget(abandoned);
+        let ended = self.past_commit();
         // Until the COMMIT leaves, a lost connection takes the whole transaction with it;
         // unless the closure ended the transaction itself, and ran on outside it.
         let classify = |error: Error, commit_sent: bool| {
@@ -1552,7 +1579,7 @@ impl Connection {
         };
         match outcome {
             Ok(Ok(value)) => {
-                self.try_batch("COMMIT")
+                self.commit()
                     .await
                     .map_err(|failure| classify(failure.error, failure.sent))?;
                 self.set_dirty(false);
@@ -1578,15 +1605,13 @@ impl Connection {
         &self,
         statements: &[(&str, &[&(dyn ToSql + Sync)])],
     ) -> Result<Vec<Vec<Row>>, Failure> {
-        self.set_dirty(true);
-        self.try_batch("BEGIN").await.map_err(|mut failure| {
+        self.begin().await.map_err(|mut failure| {
             failure.sent = false;
             failure
         })?;
         let mut results = Vec::with_capacity(statements.len());
-        let mut ended = false;
         for (sql, params) in statements {
-            ended = ended || sql::may_end_transaction(sql);
+            self.note_end(sql);
             match self.try_statement(sql, params, true, Keep::Rows).await {
                 Ok((rows, _)) => results.push(rows),
                 Err(mut failure) => {
@@ -1594,7 +1619,7 @@ impl Connection {
                     // back by the server, so replaying the whole list from BEGIN is safe.
                     // Unless a statement of the list ended the transaction early: what ran
                     // before it stays, and the list must not run again.
-                    failure.sent = ended;
+                    failure.sent = self.past_commit();
                     if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
                         self.set_dirty(false);
                     }
@@ -1602,7 +1627,8 @@ impl Connection {
                 }
             }
         }
-        self.try_batch("COMMIT").await.map_err(|mut failure| {
+        let ended = self.past_commit();
+        self.commit().await.map_err(|mut failure| {
             failure.sent = failure.sent || ended;
             failure
         })?;
@@ -1746,8 +1772,6 @@ impl Connection {
 /// ```
 pub struct Transaction<'a> {
     conn: &'a Connection,
-    /// Whether a statement the closure ran may have ended the transaction.
-    ended: bool,
 }
 
 /// Queues a `ROLLBACK` if dropped: the transaction closure it guards was abandoned between
@@ -1772,16 +1796,11 @@ impl std::fmt::Debug for Transaction<'_> {
 }
 
 impl Transaction<'_> {
-    /// Notes whether `sql` may end the transaction, before it runs.
-    fn note_end(&mut self, sql: &str) {
-        self.ended = self.ended || sql::may_end_transaction(sql);
-    }
-
     /// Turns a statement's failure into the error the closure sees: inside the transaction,
     /// a lost connection takes the statement's effects with it; outside it (the closure
     /// ended it), the outcome is as unknown as on a [`Connection`].
     fn settle<T>(&self, outcome: Result<T, Failure>) -> Result<T, Error> {
-        if self.ended {
+        if self.conn.past_commit() {
             Connection::settle(outcome)
         } else {
             outcome.map_err(|failure| failure.error)
@@ -1819,7 +1838,7 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.note_end(sql);
+        self.conn.note_end(sql);
         let outcome = self.conn.try_statement(sql, params, true, Keep::Rows).await;
         self.settle(outcome.map(|(rows, _)| rows))
     }
@@ -1961,7 +1980,7 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.note_end(sql);
+        self.conn.note_end(sql);
         let outcome = self
             .conn
             .try_statement(sql, params, true, Keep::Count)
@@ -1993,7 +2012,7 @@ impl Transaction<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
-        self.note_end(sql);
+        self.conn.note_end(sql);
         let outcome = self.conn.try_batch(sql).await;
         self.settle(outcome)
     }

@@ -70,6 +70,17 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
+    /// A transaction's deadline passed before its `COMMIT` was sent. A cancel request was
+    /// sent to the server and the connection was discarded, which rolls the transaction
+    /// back: nothing was committed, so, unlike [`Error::StatementTimeout`], the outcome is
+    /// known.
+    #[error(
+        "transaction timed out after {after:?} before COMMIT, rolled back (cancel request sent)"
+    )]
+    TransactionTimeout {
+        /// The deadline that passed.
+        after: Duration,
+    },
     /// A statement's cached plan became invalid inside a transaction (SQLSTATE 0A000 after a
     /// schema change); outside a transaction it is re-prepared and retried instead.
     #[error("cached plan invalidated by a schema change inside a transaction: {0}")]
@@ -194,8 +205,8 @@ impl Error {
         }
     }
 
-    /// Whether this is a timeout: a statement deadline, a connect timeout (also the last
-    /// host's, inside [`Error::Connect`]) or the pool's.
+    /// Whether this is a timeout: a statement or transaction deadline, a connect timeout
+    /// (also the last host's, inside [`Error::Connect`]) or the pool's.
     ///
     /// # Examples
     ///
@@ -206,7 +217,9 @@ impl Error {
     /// ```
     pub fn is_timeout(&self) -> bool {
         match self {
-            Error::StatementTimeout { .. } | Error::ConnectTimeout { .. } => true,
+            Error::StatementTimeout { .. }
+            | Error::TransactionTimeout { .. }
+            | Error::ConnectTimeout { .. } => true,
             Error::Connect { source, .. } => source.is_timeout(),
             Error::Pool(p) => p.is_timeout(),
             _ => false,

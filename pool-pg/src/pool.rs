@@ -63,6 +63,10 @@ impl CallOptions {
     }
 
     /// A deadline for this call, checkout included; overrides the pool's statement timeout.
+    /// At the deadline the caller gets [`Error::StatementTimeout`], whose outcome is unknown,
+    /// or, for a transaction whose `COMMIT` had not been sent, [`Error::TransactionTimeout`],
+    /// which committed nothing.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -149,7 +153,8 @@ impl CallOptions {
 ///   a reconnect storm.
 /// - A statement deadline ([`PgConfig::statement_timeout`] or
 ///   [`CallOptions::timeout`]) frees the caller on time, sends the server a cancel request
-///   and discards the connection.
+///   and discards the connection. A transaction that reaches its deadline before its
+///   `COMMIT` was sent gets [`Error::TransactionTimeout`]: nothing was committed.
 ///
 /// # Examples
 ///
@@ -746,7 +751,9 @@ impl PgPool {
     /// # Errors
     ///
     /// The first failing statement's error (everything is rolled back), or
-    /// [`Error::OutcomeUnknown`] when the connection was lost during `COMMIT`.
+    /// [`Error::OutcomeUnknown`] when the connection was lost during `COMMIT`. At a deadline,
+    /// [`Error::TransactionTimeout`] if the `COMMIT` had not been sent (nothing was
+    /// committed), else [`Error::StatementTimeout`].
     ///
     /// # Retries
     ///
@@ -789,7 +796,9 @@ impl PgPool {
     /// A connection lost before the `COMMIT` was sent is such an error too
     /// ([`Error::is_connection_lost`]): the server rolled the transaction back.
     /// [`Error::OutcomeUnknown`] when the connection was lost with the `COMMIT` in flight, or
-    /// after the closure ended the transaction itself (see [`Transaction`]).
+    /// after the closure ended the transaction itself (see [`Transaction`]). At a deadline,
+    /// [`Error::TransactionTimeout`] if neither had happened (nothing was committed), else
+    /// [`Error::StatementTimeout`].
     ///
     /// # Retries
     ///
@@ -1112,7 +1121,12 @@ impl Calls<'_> {
             None => {
                 conn.cancel_in_background();
                 conn.mark_broken();
-                Err(Error::StatementTimeout { after: limit })
+                Err(match work {
+                    Work::Statements(_) if !conn.past_commit() => {
+                        Error::TransactionTimeout { after: limit }
+                    }
+                    _ => Error::StatementTimeout { after: limit },
+                })
             }
         }
     }
@@ -1462,10 +1476,14 @@ impl Calls<'_> {
                 Err(TxFailure::NotCommitted(error)) => (error, false),
                 Err(TxFailure::MayHaveCommitted(error)) => (error, true),
             };
-            if let Error::StatementTimeout { .. } = error {
+            if let Error::StatementTimeout { after } = error {
                 conn.cancel_in_background();
                 conn.mark_broken();
-                return Err(error);
+                return Err(if conn.past_commit() {
+                    error
+                } else {
+                    Error::TransactionTimeout { after }
+                });
             }
             if !error.is_connection_lost() {
                 return Err(error);

@@ -121,6 +121,7 @@ momopool_tests::matrix!(
     statement_list_lost_before_commit_runs_again,
     transaction_ended_early_by_its_own_statement,
     transaction_closure_runs_once_when_its_session_ends,
+    transaction_deadline_before_commit_committed_nothing,
     standalone_connection_speaks_the_pools_api,
     callproc_resolves_overloaded_names,
     returned_transaction_releases_its_locks_at_once,

@@ -464,6 +464,53 @@ pub(crate) async fn transaction_closure_runs_once_when_its_session_ends(rt: Rt) 
     pg::drop_table(&pool, &table).await;
 }
 
+/// A transaction that reaches its deadline before its `COMMIT` was sent committed nothing:
+/// in both forms the caller gets `Error::TransactionTimeout` on time, a timeout whose outcome
+/// is known.
+pub(crate) async fn transaction_deadline_before_commit_committed_nothing(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "tx_deadline");
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
+    pg::fresh_table(&pool, &table, "x int").await;
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let slow = "SELECT pg_sleep(5)";
+    let deadline = Duration::from_millis(300);
+    let calls = pool.with(CallOptions::new().timeout(deadline));
+    let started = Instant::now();
+    let closure = calls
+        .transaction_with(|tx| {
+            let insert = insert.clone();
+            Box::pin(async move {
+                tx.execute(&insert, &[]).await?;
+                tx.execute(slow, &[]).await?;
+                Ok(())
+            })
+        })
+        .await;
+    let list = calls
+        .transaction(&[(insert.as_str(), &[]), (slow, &[])])
+        .await;
+    let took = started.elapsed();
+    for (form, outcome) in [("closure", closure), ("list", list.map(drop))] {
+        let err = outcome.expect_err("the deadline passed");
+        assert!(
+            matches!(err, Error::TransactionTimeout { after } if after == deadline)
+                && err.is_timeout()
+                && !err.is_outcome_unknown(),
+            "[{}] {form}: {err:?}",
+            rt.name()
+        );
+    }
+    assert!(took < deadline * 2 + EPSILON, "[{}] {took:?}", rt.name());
+    let n: i64 = pool
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "[{}] nothing was committed", rt.name());
+    pg::drop_table(&pool, &table).await;
+}
+
 /// A transaction that a statement of its own ended early (a `COMMIT` inside the closure, or in
 /// the list) ran on outside it: a connection lost after that leaves the outcome unknown, and
 /// the statement list is not run again from `BEGIN`, which would repeat what was committed.
