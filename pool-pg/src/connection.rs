@@ -2309,17 +2309,20 @@ mod tests {
         assert!(callproc_sql("", 0).is_err());
     }
 
-    /// A standalone connection on a scripted server that, once told, says goodbye (a FATAL
-    /// 57P01, then the end of the stream), on a runtime whose tasks run only when polled. It
-    /// returns once the goodbye has reached the connection's socket, the driver not having
-    /// been polled since.
-    fn said_goodbye(unnamed: bool) -> (Arc<crate::testing::Stepped>, Connection) {
+    /// A scripted server that runs `first` on the connection, then, once cued, says goodbye
+    /// (a FATAL 57P01, then the end of the stream), and a standalone connection to it on a
+    /// runtime whose tasks run only when polled.
+    fn goodbye_on_cue(
+        unnamed: bool,
+        first: impl FnOnce(&mut std::net::TcpStream) + Send + 'static,
+    ) -> (Arc<crate::testing::Stepped>, Connection, Cue) {
         use crate::testing::{Stepped, error_response, scripted_server};
         use std::io::Write;
-        let (goodbye, say_goodbye) = std::sync::mpsc::channel::<()>();
+        let (cue, wait_for_cue) = std::sync::mpsc::channel::<()>();
         let (said, was_said) = std::sync::mpsc::channel::<()>();
         let (addr, server) = scripted_server(move |mut socket| {
-            say_goodbye.recv().unwrap();
+            first(&mut socket);
+            wait_for_cue.recv().unwrap();
             let fatal = error_response("FATAL", "57P01", "terminating connection");
             socket.write_all(&fatal).unwrap();
             drop(socket);
@@ -2333,11 +2336,38 @@ mod tests {
         let conn = rt
             .run(Connection::connect_with(config, rt.clone()))
             .unwrap();
-        goodbye.send(()).unwrap();
-        was_said.recv().unwrap();
-        server.join().unwrap();
-        // Loopback delivers it meanwhile.
-        std::thread::sleep(Duration::from_millis(50));
+        let cue = Cue {
+            cue,
+            was_said,
+            server,
+        };
+        (rt, conn, cue)
+    }
+
+    /// The cue for [`goodbye_on_cue`]'s server.
+    struct Cue {
+        cue: std::sync::mpsc::Sender<()>,
+        was_said: std::sync::mpsc::Receiver<()>,
+        server: std::thread::JoinHandle<()>,
+    }
+
+    impl Cue {
+        /// Cues the goodbye, and returns once it has been said and has had time to reach
+        /// the connection's socket (its driver is not polled meanwhile).
+        fn goodbye(self) {
+            self.cue.send(()).unwrap();
+            self.was_said.recv().unwrap();
+            self.server.join().unwrap();
+            // Loopback delivers it meanwhile.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A standalone connection on a scripted server that has said goodbye while the
+    /// connection was idle, its driver not polled since.
+    fn said_goodbye(unnamed: bool) -> (Arc<crate::testing::Stepped>, Connection) {
+        let (rt, conn, cue) = goodbye_on_cue(unnamed, |_| {});
+        cue.goodbye();
         (rt, conn)
     }
 
@@ -2368,42 +2398,24 @@ mod tests {
     /// transaction says so instead of leaving its outcome unknown.
     #[test]
     fn a_commit_its_driver_never_wrote_committed_nothing() {
-        use crate::testing::{Stepped, error_response, message, read_message, scripted_server};
+        use crate::testing::{message, read_message};
         use std::io::Write;
-        let (goodbye, say_goodbye) = std::sync::mpsc::channel::<()>();
-        let (said, was_said) = std::sync::mpsc::channel::<()>();
-        let (addr, server) = scripted_server(move |mut socket| {
-            let (kind, begin) = read_message(&mut socket);
+        let (rt, mut conn, cue) = goodbye_on_cue(false, |socket| {
+            let (kind, begin) = read_message(socket);
             assert_eq!((kind, begin.as_slice()), (b'Q', &b"BEGIN\0"[..]));
             let mut answer = message(b'C', b"BEGIN\0");
             answer.extend(message(b'Z', b"T"));
             socket.write_all(&answer).unwrap();
-            say_goodbye.recv().unwrap();
-            let fatal = error_response("FATAL", "57P01", "terminating connection");
-            socket.write_all(&fatal).unwrap();
-            drop(socket);
-            said.send(()).unwrap();
         });
-        let rt = Arc::new(Stepped::default());
-        let dsn = format!("host=127.0.0.1 port={} user=u sslmode=disable", addr.port());
-        let mut conn = rt
-            .run(Connection::connect_with(
-                PgConfig::from_dsn(&dsn).unwrap(),
-                rt.clone(),
-            ))
-            .unwrap();
         let failure = rt
             .run(conn.try_transaction(|_| {
                 Box::pin(async move {
                     // The driver is not polled while this closure blocks.
-                    goodbye.send(()).unwrap();
-                    was_said.recv().unwrap();
-                    std::thread::sleep(Duration::from_millis(50));
+                    cue.goodbye();
                     Ok(())
                 })
             }))
             .unwrap_err();
-        server.join().unwrap();
         match failure {
             TxFailure::NotCommitted(error) => assert!(error.is_connection_lost(), "{error:?}"),
             other => panic!("expected NotCommitted, got {other:?}"),

@@ -186,6 +186,18 @@ pub async fn fresh_table(pool: &momopool_pg::PgPool, table: &str, columns: &str)
     .unwrap_or_else(|e| panic!("creating {table}: {e}"));
 }
 
+/// How many rows `table` holds, read through `pool`.
+///
+/// # Panics
+///
+/// If the server refuses the count.
+pub async fn count_rows(pool: &momopool_pg::PgPool, table: &str) -> i64 {
+    pool.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("counting {table}: {e}"))
+        .get(0)
+}
+
 /// Drops `table` through `pool`, at the end of a test.
 ///
 /// # Panics

@@ -31,14 +31,6 @@ async fn finish_with_one_lane(rt: &Rt, pool: &PgPool, admin: &PgPool, app: &str,
     assert_backends_match(rt, pool, admin, app).await;
 }
 
-async fn rows(admin: &PgPool, table: &str) -> i64 {
-    admin
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// C2: `kill -9` of the backend running a statement. The server restarts every backend
 /// (crash recovery answers 57P03 for a moment); the caller gets an unknown outcome, the
 /// statement is not replayed, and the pool heals once recovery is over.
@@ -103,7 +95,7 @@ pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
     assert!(started.elapsed() < Duration::from_secs(10));
     let admin = admin_for(&rt, &server, &app).await;
     assert_eq!(
-        rows(&admin, &table).await,
+        pg::count_rows(&admin, &table).await,
         0,
         "[{}] the killed INSERT left nothing",
         rt.name()
@@ -315,7 +307,11 @@ pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
         rt.name()
     );
     rt.sleep(Duration::from_millis(300)).await;
-    assert!(rows(&admin, &table).await <= 1, "[{}] replayed", rt.name());
+    assert!(
+        pg::count_rows(&admin, &table).await <= 1,
+        "[{}] replayed",
+        rt.name()
+    );
 
     proxy.pass();
     pool.execute_count(&insert, &[&"healed"]).await.unwrap();

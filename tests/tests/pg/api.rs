@@ -404,11 +404,7 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
     drop(conn); // returned mid-transaction
 
     // Same (only) connection: without a rollback it would see its own uncommitted row.
-    let n: i64 = pool
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pg::count_rows(&pool, &table).await;
     assert_eq!(n, 0);
     // The same with `BEGIN` as a prepared statement, twice: the second time it comes from
     // the connection's statement cache, and still counts as opening a transaction.
@@ -423,11 +419,7 @@ pub(crate) async fn c8_returned_inside_transaction_is_rolled_back(rt: Rt) {
             .await
             .unwrap();
         drop(conn);
-        let n: i64 = pool
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = pg::count_rows(&pool, &table).await;
         assert_eq!(
             n,
             0,
@@ -618,11 +610,7 @@ pub(crate) async fn transaction_closure_commits_and_rolls_back(rt: Rt) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)));
-    let n: i64 = pool
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pg::count_rows(&pool, &table).await;
     assert_eq!(n, 1, "the failed closure was rolled back");
     pg::drop_table(&pool, &table).await;
 }
@@ -1363,11 +1351,7 @@ pub(crate) async fn unfinished_streams_and_raw_clients_are_not_handed_on(rt: Rt)
         assert_eq!(broken(), closed, "{name}");
         drop(raw);
     }
-    let n: i64 = pool
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pg::count_rows(&pool, &table).await;
     assert_eq!(n, 0, "the unfinished COPY wrote nothing");
 
     // A standalone connection goes on working after using its raw client.

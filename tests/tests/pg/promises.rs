@@ -177,11 +177,7 @@ pub(crate) async fn recycling_methods_send_what_they_say(rt: Rt) {
             .await
             .unwrap();
         drop(conn);
-        let n: i64 = pool
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = pg::count_rows(&pool, &table).await;
         assert_eq!(n, 0, "[{}] {recycling:?}: rolled back", rt.name());
     }
 }
@@ -265,11 +261,7 @@ pub(crate) async fn idempotent_transaction_is_replayed_once(rt: Rt) {
                 })
             })
             .await;
-        let n: i64 = pool
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = pg::count_rows(&pool, &table).await;
         if idempotent {
             assert!(result.is_ok(), "[{}] {result:?}", rt.name());
             assert_eq!(attempts.load(Ordering::SeqCst), 2);
@@ -455,11 +447,7 @@ pub(crate) async fn transaction_closure_runs_once_when_its_session_ends(rt: Rt) 
         rt.name()
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "[{}] run again", rt.name());
-    let n: i64 = pool
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pg::count_rows(&pool, &table).await;
     assert_eq!(n, 0, "[{}] nothing was committed", rt.name());
     pg::drop_table(&pool, &table).await;
 }
@@ -502,11 +490,7 @@ pub(crate) async fn transaction_deadline_before_commit_committed_nothing(rt: Rt)
         );
     }
     assert!(took < deadline * 2 + EPSILON, "[{}] {took:?}", rt.name());
-    let n: i64 = pool
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = pg::count_rows(&pool, &table).await;
     assert_eq!(n, 0, "[{}] nothing was committed", rt.name());
     pg::drop_table(&pool, &table).await;
 }
@@ -520,7 +504,6 @@ pub(crate) async fn transaction_ended_early_by_its_own_statement(rt: Rt) {
     let pool = pool_for(&rt, server.config(&table), |b| b.max_size(2)).await;
     pg::fresh_table(&pool, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES (1)");
-    let count = format!("SELECT count(*) FROM {table}");
     let die = "SELECT pg_terminate_backend(pg_backend_pid())";
 
     let err = pool
@@ -536,7 +519,7 @@ pub(crate) async fn transaction_ended_early_by_its_own_statement(rt: Rt) {
         .await
         .expect_err("the connection was lost");
     assert!(err.is_outcome_unknown(), "[{}] closure: {err:?}", rt.name());
-    let n: i64 = pool.query_one(&count, &[]).await.unwrap().get(0);
+    let n = pg::count_rows(&pool, &table).await;
     assert_eq!(
         n,
         1,
@@ -549,7 +532,7 @@ pub(crate) async fn transaction_ended_early_by_its_own_statement(rt: Rt) {
         .await
         .expect_err("the connection was lost");
     assert!(err.is_outcome_unknown(), "[{}] list: {err:?}", rt.name());
-    let n: i64 = pool.query_one(&count, &[]).await.unwrap().get(0);
+    let n = pg::count_rows(&pool, &table).await;
     assert_eq!(n, 2, "[{}] the list ran once", rt.name());
     pg::drop_table(&pool, &table).await;
 }
