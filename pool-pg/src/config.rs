@@ -382,8 +382,8 @@ impl PgConfig {
 
     /// A deadline for every statement run through the pool's calls; at the deadline a cancel
     /// request is sent and the caller gets [`Error::StatementTimeout`] (for a transaction
-    /// whose `COMMIT` had not been sent yet, [`Error::TransactionTimeout`]: nothing was
-    /// committed). `None` (the default) waits as long as the statement runs.
+    /// whose `COMMIT` had not been sent yet, nor a statement of its own that may end it,
+    /// [`Error::TransactionTimeout`]: nothing was committed). `None` (the default) waits as long as the statement runs.
     ///
     /// # Examples
     ///

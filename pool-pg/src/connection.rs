@@ -135,9 +135,9 @@ fn tls_connector(
 /// goodbye that arrived unseen in the last moment. For a prepared statement (the default), a
 /// goodbye with a message (the FATAL of a shutdown or a terminated backend) is caught anyway,
 /// as the statement's first answer, and a reset fails the write: both count as not sent. A
-/// silent close (a killed backend, a crash restart) in that moment, or any goodbye before a
-/// `batch_execute`, leaves the outcome unknown, as it does for every statement already in
-/// flight then. With unnamed statements the peek is made regardless of this time.
+/// silent close (a killed backend, a crash restart) in that moment, or a goodbye that reaches
+/// a `batch_execute` after its request left, leaves the outcome unknown, as it does for every
+/// statement already in flight then. With unnamed statements the peek is made regardless of this time.
 pub(crate) const PEEK_AFTER_IDLE: Duration = Duration::from_millis(1);
 
 /// Whether a statement's first answer is its bind's acknowledgement, before it runs.
@@ -184,8 +184,10 @@ impl Failure {
 pub(crate) enum TxFailure {
     /// `BEGIN` failed: the closure never ran.
     NotStarted(Error),
-    /// The closure ran and nothing was committed: the closure's own error, a `COMMIT` the
-    /// server refused, or a connection lost before the `COMMIT` was written.
+    /// The closure ran and the transaction's `COMMIT` did not go through: the closure's own
+    /// error, a `COMMIT` the server refused, or a connection lost before the `COMMIT` was
+    /// written. Nothing was committed, unless the closure ended the transaction itself
+    /// before failing with an error of its own (which then comes back as it is).
     NotCommitted(Error),
     /// The connection was lost with the `COMMIT` in flight, or after the closure ended the
     /// transaction itself: it may have committed.
@@ -1509,12 +1511,12 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// The closure's error, or the error of a `COMMIT` that failed: nothing was committed.
-    /// A connection lost before the `COMMIT` was sent is such an error too
-    /// ([`Error::is_connection_lost`]): the server rolls back a transaction whose connection
-    /// ends. [`Error::OutcomeUnknown`] only when the connection was lost with the `COMMIT` in
-    /// flight, or after the closure ended the transaction itself (see [`Transaction`]): then
-    /// it may or may not have committed.
+    /// The closure's error, or the error of a `COMMIT` that failed: nothing was committed
+    /// (unless the closure ended the transaction itself, see [`Transaction`]). A connection
+    /// lost before the `COMMIT` was sent is such an error too ([`Error::is_connection_lost`]):
+    /// the server rolls back a transaction whose connection ends. [`Error::OutcomeUnknown`]
+    /// only when the connection was lost with the `COMMIT` in flight, or after the closure
+    /// ended the transaction itself: then it may or may not have committed.
     ///
     /// # Cancel safety
     ///

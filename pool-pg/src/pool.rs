@@ -761,7 +761,9 @@ impl PgPool {
     /// back a transaction whose session ends. The whole list then runs again from `BEGIN` on
     /// a fresh connection (up to three times), with no error reaching the caller. Effects that
     /// ignore transactions, such as `nextval`, happen once per run. A connection lost during
-    /// `COMMIT` is never replayed.
+    /// `COMMIT` is never replayed, nor one lost after a statement of the list that may end the
+    /// transaction early (`COMMIT`, `ROLLBACK`, ... see [`Transaction`]): that gives
+    /// [`Error::OutcomeUnknown`].
     ///
     /// # Cancel safety
     ///
@@ -792,9 +794,10 @@ impl PgPool {
     ///
     /// # Errors
     ///
-    /// The closure's error, or the error of a `COMMIT` that failed: nothing was committed.
-    /// A connection lost before the `COMMIT` was sent is such an error too
-    /// ([`Error::is_connection_lost`]): the server rolled the transaction back.
+    /// The closure's error, or the error of a `COMMIT` that failed: nothing was committed
+    /// (unless the closure ended the transaction itself, see [`Transaction`]). A connection
+    /// lost before the `COMMIT` was sent is such an error too ([`Error::is_connection_lost`]):
+    /// the server rolled the transaction back.
     /// [`Error::OutcomeUnknown`] when the connection was lost with the `COMMIT` in flight, or
     /// after the closure ended the transaction itself (see [`Transaction`]). At a deadline,
     /// [`Error::TransactionTimeout`] if neither had happened (nothing was committed), else
@@ -1445,22 +1448,31 @@ impl Calls<'_> {
         let mut replayed = false;
         loop {
             let mut conn = self.get_within(deadline).await?;
+            // The attempt's outcome, or the limit that passed first.
             let outcome = {
                 let attempt = conn.try_transaction(|tx| f(tx));
                 match deadline {
-                    None => attempt.await,
+                    None => Ok(attempt.await),
                     Some((limit, started)) => {
                         let remaining = limit.saturating_sub(started.elapsed());
                         let sleep = self.pool.pool.runtime().sleep(remaining);
                         match futures::future::select(Box::pin(attempt), sleep).await {
-                            futures::future::Either::Left((outcome, _)) => outcome,
-                            futures::future::Either::Right(_) => {
-                                Err(TxFailure::MayHaveCommitted(Error::StatementTimeout {
-                                    after: limit,
-                                }))
-                            }
+                            futures::future::Either::Left((outcome, _)) => Ok(outcome),
+                            futures::future::Either::Right(_) => Err(limit),
                         }
                     }
+                }
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(after) => {
+                    conn.cancel_in_background();
+                    conn.mark_broken();
+                    return Err(if conn.past_commit() {
+                        Error::StatementTimeout { after }
+                    } else {
+                        Error::TransactionTimeout { after }
+                    });
                 }
             };
             let (error, may_have_committed) = match outcome {
@@ -1476,15 +1488,6 @@ impl Calls<'_> {
                 Err(TxFailure::NotCommitted(error)) => (error, false),
                 Err(TxFailure::MayHaveCommitted(error)) => (error, true),
             };
-            if let Error::StatementTimeout { after } = error {
-                conn.cancel_in_background();
-                conn.mark_broken();
-                return Err(if conn.past_commit() {
-                    error
-                } else {
-                    Error::TransactionTimeout { after }
-                });
-            }
             if !error.is_connection_lost() {
                 return Err(error);
             }

@@ -923,12 +923,12 @@ const KEYWORD_MAX: usize = 10;
 
 /// For each `;`-separated statement of `sql`: its first word (a run of ASCII letters, anything
 /// before it skipped), lowercased, and the rest of the statement after that word. A word too
-/// long to be a keyword comes back empty. A rough look: a `;` inside a literal or a comment
-/// splits too, which makes the callers' answers err towards yes.
+/// long to be a keyword comes back empty. A rough look at the first word only, which makes
+/// the callers' answers err towards yes (see [`statements`] for unterminated text).
 ///
 /// Runs before every statement, so it works on bytes and allocates nothing.
 fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize, &[u8])> {
-    statements(sql.as_bytes()).map(|statement| {
+    statements(sql).map(|statement| {
         let (word, rest) = next_word(statement);
         let mut lower = [0u8; KEYWORD_MAX];
         let len = if word.len() <= KEYWORD_MAX {
@@ -943,42 +943,46 @@ fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize,
     })
 }
 
-/// `sql` cut at each `;` that is outside comments and quotes (single, double). Dollar-quoted
-/// bodies are not recognised: a `;` inside one cuts there, which can only make the callers
-/// above see more statements, and so say yes more often.
-fn statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(sql);
+/// `sql` cut at each `;` that PostgreSQL would read as one: not inside a string literal (`E''`
+/// escapes included), a quoted identifier, a dollar-quoted string or a comment ([`Lexer`]'s
+/// rules). From a construct left unterminated on, every `;` cuts: the callers above can only
+/// see more statements then, and so say yes more often, never less.
+fn statements(sql: &str) -> impl Iterator<Item = &[u8]> {
+    let bytes = sql.as_bytes();
+    let mut lexer = Lexer::new(sql);
+    let mut start = 0;
+    let mut rough = false;
+    let mut done = false;
     std::iter::from_fn(move || {
-        let text = rest?;
-        let mut i = 0;
-        while i < text.len() {
-            match text[i] {
-                b';' => {
-                    rest = Some(&text[i + 1..]);
-                    return Some(&text[..i]);
+        if done {
+            return None;
+        }
+        while !rough {
+            match lexer.next() {
+                Some(Ok(token)) if token.kind == TokenKind::Code && bytes[token.start] == b';' => {
+                    let statement = &bytes[start..token.start];
+                    start = token.end;
+                    return Some(statement);
                 }
-                b'-' if text[i..].starts_with(b"--") => {
-                    i += text[i..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .unwrap_or(text.len() - i);
+                Some(Ok(_)) => {}
+                Some(Err(_)) => rough = true,
+                None => {
+                    done = true;
+                    return Some(&bytes[start..]);
                 }
-                b'/' if text[i..].starts_with(b"/*") => {
-                    let skipped = text.len() - i - skip_blanks_and_comments(&text[i..]).len();
-                    i += skipped.max(2);
-                }
-                quote @ (b'\'' | b'"') => {
-                    i += 1 + text[i + 1..]
-                        .iter()
-                        .position(|&b| b == quote)
-                        .unwrap_or(text.len() - i - 1);
-                    i += 1;
-                }
-                _ => i += 1,
             }
         }
-        rest = None;
-        Some(text)
+        match bytes[start..].iter().position(|&b| b == b';') {
+            Some(at) => {
+                let statement = &bytes[start..start + at];
+                start += at + 1;
+                Some(statement)
+            }
+            None => {
+                done = true;
+                Some(&bytes[start..])
+            }
+        }
     })
 }
 
@@ -1043,9 +1047,9 @@ pub(crate) fn may_open_transaction(sql: &str) -> bool {
 
 /// Whether `sql` may end the transaction it runs in: any of its statements starts with
 /// `COMMIT`, `END`, `ABORT`, `ROLLBACK` (but not `ROLLBACK TO`, which stays in the
-/// transaction) or `PREPARE TRANSACTION`. A rough look that may say yes too often (a `;` in a
-/// dollar-quoted body, say), which only makes a lost connection's outcome reported as
-/// unknown where it was known.
+/// transaction) or `PREPARE TRANSACTION`. A look by first keywords that may say yes too
+/// often (on unterminated text, say), which only makes a lost connection's outcome reported
+/// as unknown where it was known; it must never say no to a statement that ends it.
 pub(crate) fn may_end_transaction(sql: &str) -> bool {
     statement_heads(sql).any(|(word, len, rest)| match &word[..len] {
         b"commit" | b"end" | b"abort" => true,
@@ -1113,6 +1117,10 @@ mod transaction_tests {
         assert!(!may_open_transaction("SELECT ';begin'"));
         assert!(!may_open_transaction("SELECT \"a;begin\" FROM t"));
         assert!(may_open_transaction("SELECT 'it''s; fine'; BEGIN"));
+        // Quotes inside dollar quotes and escaped ones hide nothing after them.
+        assert!(may_open_transaction("SELECT $$it's$$; BEGIN"));
+        assert!(may_open_transaction("SELECT E'\\''; BEGIN"));
+        assert!(!may_open_transaction("SELECT $q$; BEGIN $q$"));
     }
 
     #[test]
@@ -1133,8 +1141,24 @@ mod transaction_tests {
         assert!(!may_end_transaction("SELECT committed FROM t"));
         assert!(!may_end_transaction("SELECT 'commit'"));
         assert!(!may_end_transaction("SAVEPOINT a; RELEASE SAVEPOINT a"));
-        // Errs towards yes: the `;` inside the dollar-quoted body cuts there.
-        assert!(may_end_transaction("DO $$ BEGIN PERFORM 1; END $$"));
+        // A `;` inside a dollar-quoted body does not cut (a DO block cannot end the
+        // transaction it runs in)...
+        assert!(!may_end_transaction("DO $$ BEGIN PERFORM 1; END $$"));
+        assert!(!may_end_transaction(
+            "DO $f$ BEGIN PERFORM 1; COMMIT; END $f$"
+        ));
+        // ...and a quote inside one, or an escaped quote, does not hide what follows.
+        assert!(may_end_transaction("SELECT $$it's$$; COMMIT"));
+        assert!(may_end_transaction(
+            "INSERT INTO t VALUES (E'it\\'s'); COMMIT"
+        ));
+        assert!(may_end_transaction("SELECT $$ a \" b $$; COMMIT"));
+        assert!(may_end_transaction("SELECT $tag$ ' $tag$; end"));
+        assert!(may_end_transaction("SELECT \"it's\"; COMMIT"));
+        // Unterminated text: every `;` cuts from there on.
+        assert!(may_end_transaction("SELECT 'oops; COMMIT"));
+        assert!(may_end_transaction("SELECT $$ oops; COMMIT"));
+        assert!(may_end_transaction("SELECT 1 /* oops; COMMIT"));
     }
 
     #[test]
@@ -1159,5 +1183,7 @@ mod transaction_tests {
         assert!(!may_change_session("deallocated")); // not a keyword: one letter too many
         assert!(!may_change_session("SELECT 'é'; SELECT 2"));
         assert!(!may_change_session(""));
+        assert!(may_change_session("SELECT $$it's$$; SET search_path TO x"));
+        assert!(may_change_session("SELECT 'a\\'; LISTEN x; --'"));
     }
 }
