@@ -662,7 +662,7 @@ impl Connection {
     /// Whether what the current transaction did may have been committed (see
     /// [`Transaction`]): a deadline or a lost connection after this leaves the outcome
     /// unknown; before it, nothing was committed.
-    pub(crate) fn past_commit(&self) -> bool {
+    fn past_commit(&self) -> bool {
         self.past_commit.load(Ordering::Relaxed)
     }
 
@@ -680,10 +680,15 @@ impl Connection {
         self.try_batch("BEGIN").await
     }
 
-    /// Sends the transaction's `COMMIT`.
+    /// Sends the transaction's `COMMIT`. Its failure counts as sent when the `COMMIT` left,
+    /// or when a statement of the transaction's own may have ended it before: either way,
+    /// what the transaction did may be committed.
     async fn commit(&self) -> Result<(), Failure> {
-        self.past_commit.store(true, Ordering::Relaxed);
-        self.try_batch("COMMIT").await
+        let ended = self.past_commit.swap(true, Ordering::Relaxed);
+        self.try_batch("COMMIT").await.map_err(|mut failure| {
+            failure.sent = failure.sent || ended;
+            failure
+        })
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, StatementCache> {
@@ -773,6 +778,8 @@ impl Connection {
     /// Runs one statement: a cached prepared statement (prepared again and run once more if
     /// a schema change invalidated its plan, outside a transaction), or an unnamed one in the
     /// no-cache mode. Its rows (when `keep` says so) and the affected-row count.
+    /// `in_transaction`: it runs inside a transaction the connection began itself, and
+    /// whether it may end that transaction is noted first (see [`Connection::past_commit`]).
     ///
     /// One `async fn` from the caller to tokio-postgres's request, as with `Client::query`: a
     /// request's future is large, and every layer it passes through copies it.
@@ -783,6 +790,9 @@ impl Connection {
         in_transaction: bool,
         keep: Keep,
     ) -> Result<(Vec<Row>, u64), Failure> {
+        if in_transaction {
+            self.note_end(sql);
+        }
         if self.config.unnamed_statements {
             if !in_transaction && self.dirties(sql) {
                 self.set_dirty(true);
@@ -1569,11 +1579,10 @@ impl Connection {
             futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await
         };
         std::mem::forget(abandoned);
-        let ended = self.past_commit();
         // Until the COMMIT leaves, a lost connection takes the whole transaction with it;
         // unless the closure ended the transaction itself, and ran on outside it.
-        let classify = |error: Error, commit_sent: bool| {
-            if error.is_connection_lost() && (commit_sent || ended) {
+        let classify = |error: Error, may_have_committed: bool| {
+            if error.is_connection_lost() && may_have_committed {
                 TxFailure::MayHaveCommitted(error)
             } else {
                 TxFailure::NotCommitted(error)
@@ -1591,7 +1600,7 @@ impl Connection {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
                     self.set_dirty(false);
                 }
-                Err(classify(error, false))
+                Err(classify(error, self.past_commit()))
             }
             Err(panic) => {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
@@ -1613,7 +1622,6 @@ impl Connection {
         })?;
         let mut results = Vec::with_capacity(statements.len());
         for (sql, params) in statements {
-            self.note_end(sql);
             match self.try_statement(sql, params, true, Keep::Rows).await {
                 Ok((rows, _)) => results.push(rows),
                 Err(mut failure) => {
@@ -1629,11 +1637,7 @@ impl Connection {
                 }
             }
         }
-        let ended = self.past_commit();
-        self.commit().await.map_err(|mut failure| {
-            failure.sent = failure.sent || ended;
-            failure
-        })?;
+        self.commit().await?;
         self.set_dirty(false);
         Ok(results)
     }
@@ -1700,6 +1704,20 @@ impl Connection {
                 tracing::debug!(error = %err, "cancel request failed");
             }
         }));
+    }
+
+    /// Gives the connection up at a call's deadline: a cancel request for what it runs, and
+    /// it is not reused. The caller's error: for a transaction of the connection's own not
+    /// yet past its `COMMIT`, [`Error::TransactionTimeout`] (nothing was committed), else
+    /// [`Error::StatementTimeout`].
+    pub(crate) fn timed_out(&self, after: Duration, transaction: bool) -> Error {
+        self.cancel_in_background();
+        self.mark_broken();
+        if transaction && !self.past_commit() {
+            Error::TransactionTimeout { after }
+        } else {
+            Error::StatementTimeout { after }
+        }
     }
 
     pub(crate) fn mark_broken(&self) {
@@ -1840,7 +1858,6 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.conn.note_end(sql);
         let outcome = self.conn.try_statement(sql, params, true, Keep::Rows).await;
         self.settle(outcome.map(|(rows, _)| rows))
     }
@@ -1982,7 +1999,6 @@ impl Transaction<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.conn.note_end(sql);
         let outcome = self
             .conn
             .try_statement(sql, params, true, Keep::Count)

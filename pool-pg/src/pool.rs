@@ -1121,16 +1121,7 @@ impl Calls<'_> {
         };
         match finished {
             Some(outcome) => Ok(outcome),
-            None => {
-                conn.cancel_in_background();
-                conn.mark_broken();
-                Err(match work {
-                    Work::Statements(_) if !conn.past_commit() => {
-                        Error::TransactionTimeout { after: limit }
-                    }
-                    _ => Error::StatementTimeout { after: limit },
-                })
-            }
+            None => Err(conn.timed_out(limit, matches!(work, Work::Statements(_)))),
         }
     }
 
@@ -1465,15 +1456,7 @@ impl Calls<'_> {
             };
             let outcome = match outcome {
                 Ok(outcome) => outcome,
-                Err(after) => {
-                    conn.cancel_in_background();
-                    conn.mark_broken();
-                    return Err(if conn.past_commit() {
-                        Error::StatementTimeout { after }
-                    } else {
-                        Error::TransactionTimeout { after }
-                    });
-                }
+                Err(after) => return Err(conn.timed_out(after, true)),
             };
             let (error, may_have_committed) = match outcome {
                 Ok(value) => return Ok(value),

@@ -543,7 +543,8 @@ pub(crate) async fn transaction_ended_early_by_its_own_statement(rt: Rt) {
             let insert = insert.clone();
             Box::pin(async move {
                 tx.execute(&insert, &[]).await?;
-                tx.execute("COMMIT", &[]).await?;
+                // By the simple protocol here; the list below sends its own by the extended.
+                tx.batch_execute("COMMIT").await?;
                 tx.execute(die, &[]).await?;
                 Ok(())
             })
