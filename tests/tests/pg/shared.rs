@@ -419,14 +419,15 @@ pub(crate) async fn shared_mode_prefers_a_lane_with_nothing_in_flight(rt: Rt) {
     }
 }
 
-/// The backend of the first connection whose statement text starts with `query` and that is
-/// running it, polled from `admin`.
+/// The backend of the first connection running `query`, a statement that calls `pg_sleep`,
+/// polled from `admin`: once it sleeps, past its bind (before that, a terminated backend did
+/// not run it, and the pool rightly retries it).
 async fn active_backend(rt: &Rt, admin: &PgPool, app: &str, query: &str) -> i32 {
     for _ in 0..250 {
         let row = admin
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
-                 AND state = 'active' AND query = $2",
+                 AND state = 'active' AND query = $2 AND wait_event = 'PgSleep'",
                 &[&app, &query],
             )
             .await
