@@ -117,6 +117,12 @@ fn two_lanes(draw: u64, n: usize) -> (usize, usize) {
     (x, (x + step) % n)
 }
 
+/// The first bit set in `mask` (not 0) from bit `x` on, wrapping round.
+fn first_from(mask: u64, x: usize) -> usize {
+    let after_x = mask.rotate_right(x as u32).trailing_zeros() as usize;
+    (x + after_x) % MASKED
+}
+
 /// Whether the pool could hand out a connection without anyone giving one back: one is idle,
 /// or it may open another.
 fn has_room(pool: &Pool<PgManager>) -> bool {
@@ -176,9 +182,13 @@ const OPENING: u8 = 2;
 /// The lane takes no new work.
 const RETIRING: u8 = 4;
 
+/// How many lanes [`Lanes::empty`] and [`Lanes::unheld`] cover: with more, every call scans.
+const MASKED: usize = u64::BITS as usize;
+
 /// A lane's state, locked; releasing it publishes the lane's summary.
 struct LaneGuard<'a> {
-    lane: &'a Lane,
+    lanes: &'a Lanes,
+    index: usize,
     state: MutexGuard<'a, LaneState>,
 }
 
@@ -199,17 +209,69 @@ impl std::ops::DerefMut for LaneGuard<'_> {
 impl Drop for LaneGuard<'_> {
     fn drop(&mut self) {
         let state = &self.state;
+        let lane = &self.lanes.lanes[self.index];
         let flags = if state.conn.is_some() { HELD } else { 0 }
             | if state.opening { OPENING } else { 0 }
             | if state.retiring { RETIRING } else { 0 };
+        let load = state.queue.len();
         let oldest = state
             .queue
             .front()
             .map_or(0, |&(_, started)| started.saturating_add(1));
-        self.lane.flags.store(flags, Ordering::Relaxed);
-        self.lane.load.store(state.queue.len(), Ordering::Relaxed);
-        self.lane.oldest.store(oldest, Ordering::Relaxed);
+        // Only written under the lock, so this is what the last release published.
+        let was = Marks::of(
+            lane.flags.load(Ordering::Relaxed),
+            lane.load.load(Ordering::Relaxed),
+        );
+        lane.flags.store(flags, Ordering::Relaxed);
+        lane.load.store(load, Ordering::Relaxed);
+        lane.oldest.store(oldest, Ordering::Relaxed);
+        let now = Marks::of(flags, load);
+        if now != was && self.index < MASKED {
+            let bit = 1u64 << self.index;
+            for (mask, set) in [
+                (&self.lanes.empty, now.empty),
+                (&self.lanes.unheld, now.unheld),
+            ] {
+                if set {
+                    mask.fetch_or(bit, Ordering::Relaxed);
+                } else {
+                    mask.fetch_and(!bit, Ordering::Relaxed);
+                }
+            }
+        }
     }
+}
+
+/// Where a lane's summary puts it in [`Lanes::empty`] and [`Lanes::unheld`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Marks {
+    empty: bool,
+    unheld: bool,
+}
+
+impl Marks {
+    fn of(flags: u8, load: usize) -> Self {
+        Marks {
+            empty: flags == HELD && load == 0,
+            unheld: flags & (HELD | OPENING) == 0,
+        }
+    }
+}
+
+/// What a call choosing its lane makes of one lane's summary.
+#[derive(Clone, Copy)]
+enum Seen {
+    /// Being given a connection.
+    Opening,
+    /// Without a connection, and none on its way: it could borrow one.
+    Unheld,
+    /// Retiring, or stalled (its oldest request has run `stall_after` or longer).
+    Barred,
+    /// Full; it could be found stalled in this many nanoseconds.
+    Full(u64),
+    /// Takes work, with this many requests in flight.
+    Taking(usize),
 }
 
 pub(crate) struct Lanes {
@@ -223,6 +285,11 @@ pub(crate) struct Lanes {
     /// Callers getting a connection of their own from an exhausted pool: while there are
     /// any, no lane borrows one.
     claims: AtomicUsize,
+    /// Bit `i` set: lane `i` holds a connection and takes work, with nothing in flight (the
+    /// first [`MASKED`] lanes; kept with each lane's summary).
+    empty: AtomicU64,
+    /// Bit `i` set: lane `i` has no connection and none on its way.
+    unheld: AtomicU64,
     /// Notified when a lane finishes opening (or fails to), and when a full lane or one
     /// giving its connection back lets go of a request: what callers waiting for a lane
     /// wait for.
@@ -324,16 +391,79 @@ impl Lanes {
             epoch: Instant::now(),
             stall_nanos: u64::try_from(mode.stall_after.as_nanos()).unwrap_or(u64::MAX),
             claims: AtomicUsize::new(0),
+            empty: AtomicU64::new(0),
+            // Every lane starts without a connection.
+            unheld: AtomicU64::new(match mode.connections.max(1) {
+                n if n >= MASKED => u64::MAX,
+                n => (1u64 << n) - 1,
+            }),
             next_ticket: AtomicU64::new(0),
             changed: event_listener::Event::new(),
         }
     }
 
     fn lane(&self, i: usize) -> LaneGuard<'_> {
-        let lane = &self.lanes[i];
         LaneGuard {
-            lane,
-            state: lane.state.lock().unwrap_or_else(|e| e.into_inner()),
+            lanes: self,
+            index: i,
+            state: self.lanes[i]
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Lane `i` as its summary shows it `now` (in nanoseconds since [`Lanes::epoch`]).
+    /// Runs for every lane a call looks at, so it keeps to integers.
+    fn see(&self, i: usize, now: u64) -> Seen {
+        let lane = &self.lanes[i];
+        let flags = lane.flags.load(Ordering::Relaxed);
+        if flags & OPENING != 0 {
+            return Seen::Opening;
+        }
+        if flags & HELD == 0 {
+            return Seen::Unheld;
+        }
+        if flags & RETIRING != 0 {
+            return Seen::Barred;
+        }
+        let load = lane.load.load(Ordering::Relaxed);
+        let age = match lane.oldest.load(Ordering::Relaxed) {
+            0 => 0,
+            oldest => now.saturating_sub(oldest - 1),
+        };
+        if age >= self.stall_nanos {
+            Seen::Barred
+        } else if load >= self.mode.max_in_flight {
+            Seen::Full(self.stall_nanos - age)
+        } else {
+            Seen::Taking(load)
+        }
+    }
+
+    /// The lane that the scan in [`pick`](Lanes::pick) would choose, found without reading
+    /// every lane in its two common cases: some lane takes work with nothing in flight (the
+    /// first from `x` on in [`Lanes::empty`]), or none does and no lane could borrow a
+    /// connection, so the less loaded of the drawn lanes `x` and `y` takes the call. `None`:
+    /// the scan decides.
+    fn quick_pick(&self, x: usize, y: usize, now: u64, claimed: bool) -> Option<usize> {
+        if self.lanes.len() > MASKED {
+            return None;
+        }
+        let empty = self.empty.load(Ordering::Relaxed);
+        if empty != 0 {
+            return Some(first_from(empty, x));
+        }
+        if !claimed && self.unheld.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        match (self.see(x, now), self.see(y, now)) {
+            (Seen::Taking(load_x), Seen::Taking(load_y)) => {
+                Some(if load_y < load_x { y } else { x })
+            }
+            (Seen::Taking(_), _) => Some(x),
+            (_, Seen::Taking(_)) => Some(y),
+            _ => None,
         }
     }
 
@@ -372,49 +502,36 @@ impl Lanes {
             let mut opening = false;
             // The soonest a full lane could be found stalled, in nanoseconds from now.
             let mut full_until = None;
+            if let Some(i) = self.quick_pick(x, y, now, claimed) {
+                match self.enqueue(pool, i, id, now) {
+                    Some(pick) => return pick,
+                    None => continue,
+                }
+            }
             // Read without taking any lane's lock: `enqueue` checks the choice under it.
             // From the first drawn lane on, so that the first lane found empty (which ends
-            // the scan) is not always the same one. Runs for every statement, so it keeps to
-            // integers.
+            // the scan) is not always the same one.
             for i in (x..n).chain(0..x) {
-                let lane = &self.lanes[i];
-                let flags = lane.flags.load(Ordering::Relaxed);
-                if flags & OPENING != 0 {
-                    opening = true;
-                    continue;
-                }
-                if flags & HELD == 0 {
-                    if !claimed {
-                        idle_lane = idle_lane.or(Some(i));
+                match self.see(i, now) {
+                    Seen::Opening => opening = true,
+                    Seen::Unheld if !claimed => idle_lane = idle_lane.or(Some(i)),
+                    Seen::Unheld | Seen::Barred => {}
+                    Seen::Full(until) => {
+                        full_until = Some(full_until.map_or(until, |u: u64| u.min(until)));
                     }
-                    continue;
-                }
-                if flags & RETIRING != 0 {
-                    continue;
-                }
-                let load = lane.load.load(Ordering::Relaxed);
-                let age = match lane.oldest.load(Ordering::Relaxed) {
-                    0 => 0,
-                    oldest => now.saturating_sub(oldest - 1),
-                };
-                if age >= self.stall_nanos {
-                    continue;
-                }
-                if load >= self.mode.max_in_flight {
-                    let until = self.stall_nanos - age;
-                    full_until = Some(full_until.map_or(until, |u: u64| u.min(until)));
-                    continue;
-                }
-                if load == 0 {
-                    // Nothing else would be chosen over it.
-                    empty_lane = Some(i);
-                    break;
-                }
-                next_after_x = next_after_x.or(Some(i));
-                if i == x {
-                    load_x = load;
-                } else if i == y {
-                    load_y = load;
+                    Seen::Taking(0) => {
+                        // Nothing else would be chosen over it.
+                        empty_lane = Some(i);
+                        break;
+                    }
+                    Seen::Taking(load) => {
+                        next_after_x = next_after_x.or(Some(i));
+                        if i == x {
+                            load_x = load;
+                        } else if i == y {
+                            load_y = load;
+                        }
+                    }
                 }
             }
             // A held connection with nothing in flight first, then a lane that could open
@@ -685,7 +802,19 @@ impl Lanes {
 
 #[cfg(test)]
 mod tests {
-    use super::two_lanes;
+    use super::{first_from, two_lanes};
+
+    #[test]
+    fn first_from_wraps_round() {
+        assert_eq!(first_from(0b1, 0), 0);
+        assert_eq!(first_from(0b1010, 0), 1);
+        assert_eq!(first_from(0b1010, 1), 1);
+        assert_eq!(first_from(0b1010, 2), 3);
+        assert_eq!(first_from(0b1010, 4), 1);
+        assert_eq!(first_from(1 << 63, 5), 63);
+        assert_eq!(first_from(1 | 1 << 63, 63), 63);
+        assert_eq!(first_from(0b11, 63), 0);
+    }
 
     #[test]
     fn two_lanes_are_distinct_in_range_and_spread() {
