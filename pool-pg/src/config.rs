@@ -26,8 +26,16 @@ pub(crate) enum ConnectTimeout {
 /// A connection given back inside a transaction has a `ROLLBACK` queued at once (its locks go
 /// then) and is checked before its next use, whatever the method; one whose raw client was
 /// handed out ([`Connection::client`](crate::Connection::client)) is closed instead. With
-/// `Clean`, a statement that may change the session (`SET`, `LISTEN`, ...) also makes the pool
-/// check the connection before its next use, however soon that comes.
+/// `Clean`, a connection that ran any statement is checked (and so reset) before its next
+/// use, however soon that comes: a statement can change the session in ways its text does not
+/// show, such as a function that takes an advisory lock. The other methods run when the pool
+/// checks a connection (see [`Validation`](momopool::Validation)).
+///
+/// Statements the server dropped (a `Custom("DISCARD ALL")`, a `DEALLOCATE ALL` on a held
+/// connection) are forgotten by the connection's statement cache too: when the SQL says so,
+/// at once, else when a dropped statement is next used, which is then prepared again and
+/// run (outside a transaction; inside one the caller gets
+/// [`Error::PlanInvalidated`](crate::Error::PlanInvalidated)).
 ///
 /// # Examples
 ///

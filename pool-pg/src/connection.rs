@@ -258,24 +258,34 @@ struct StatementCache {
 #[derive(Debug)]
 struct Cached {
     stmt: Statement,
-    /// [`sql::may_open_transaction`], worked out once.
-    leaves_state: bool,
+    traits: Traits,
     /// The cache's tick when it was last used.
     used: u64,
 }
 
+/// What a statement's SQL text says it may do, worked out once per statement and connection
+/// rather than before every use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Traits {
+    /// It leaves state the connection must be checked for before reuse
+    /// ([`Connection::dirties`]).
+    pub(crate) leaves_state: bool,
+    /// It may drop the session's prepared statements ([`sql::may_drop_statements`]).
+    pub(crate) drops_statements: bool,
+}
+
 impl StatementCache {
-    /// The statement prepared for `sql`, and whether it may open a transaction.
-    fn get(&mut self, sql: &str) -> Option<(Statement, bool)> {
+    /// The statement prepared for `sql`, and what it may do.
+    fn get(&mut self, sql: &str) -> Option<(Statement, Traits)> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(sql).map(|cached| {
             cached.used = tick;
-            (cached.stmt.clone(), cached.leaves_state)
+            (cached.stmt.clone(), cached.traits)
         })
     }
 
-    fn insert(&mut self, sql: &str, stmt: Statement, leaves_state: bool) {
+    fn insert(&mut self, sql: &str, stmt: Statement, traits: Traits) {
         if self.capacity == 0 {
             return;
         }
@@ -293,7 +303,7 @@ impl StatementCache {
         self.tick += 1;
         let cached = Cached {
             stmt,
-            leaves_state,
+            traits,
             used: self.tick,
         };
         self.entries.insert(sql.to_string(), cached);
@@ -301,6 +311,13 @@ impl StatementCache {
 
     fn remove(&mut self, sql: &str) {
         self.entries.remove(sql);
+    }
+
+    /// Forgets every statement, after the server may have dropped them all (`DISCARD ALL`,
+    /// `DEALLOCATE ALL`). tokio-postgres closes each on the server as it is dropped, which is
+    /// no error for a statement the server no longer has.
+    fn clear(&mut self) {
+        self.entries.clear();
     }
 }
 
@@ -618,11 +635,11 @@ impl Connection {
 
     /// Whether running `sql` leaves state the next borrower must not see, so the pool checks
     /// the connection before reuse: a transaction it may open, and with
-    /// [`Recycling::Clean`] any session state it may change (`SET ROLE`, `LISTEN`, ...),
-    /// since that method promises to reset it.
+    /// [`Recycling::Clean`] any statement at all, since that method promises to reset the
+    /// session and a statement can change it in ways its text does not show (a function
+    /// that takes an advisory lock or sets a setting).
     fn dirties(&self, sql: &str) -> bool {
-        sql::may_open_transaction(sql)
-            || (self.config.recycling == Recycling::Clean && sql::may_change_session(sql))
+        self.config.recycling == Recycling::Clean || sql::may_open_transaction(sql)
     }
 
     /// Ends the transaction a pooled connection may have been given back in, without waiting:
@@ -751,9 +768,8 @@ impl Connection {
     }
 
     /// The statement prepared for `sql` on this connection, from the cache or prepared now,
-    /// and whether it may open a transaction ([`sql::may_open_transaction`], looked at once
-    /// per statement and connection rather than before every use).
-    pub(crate) async fn prepare_cached(&self, sql: &str) -> Result<(Statement, bool), Failure> {
+    /// and what it may do.
+    pub(crate) async fn prepare_cached(&self, sql: &str) -> Result<(Statement, Traits), Failure> {
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
@@ -764,9 +780,12 @@ impl Connection {
         // statement itself counts as not sent.
         match tracked!(&self.broken, self.client.prepare(sql)) {
             Ok(stmt) => {
-                let leaves_state = self.dirties(sql);
-                self.cache().insert(sql, stmt.clone(), leaves_state);
-                Ok((stmt, leaves_state))
+                let traits = Traits {
+                    leaves_state: self.dirties(sql),
+                    drops_statements: sql::may_drop_statements(sql),
+                };
+                self.cache().insert(sql, stmt.clone(), traits);
+                Ok((stmt, traits))
             }
             Err(err) => {
                 self.note(&err);
@@ -815,8 +834,8 @@ impl Connection {
             // the statement ran.
             return self.ran(outcome, Answer::InOrder).map_err(Failure::from);
         }
-        let (mut stmt, leaves_state) = self.prepare_cached(sql).await?;
-        if leaves_state && !in_transaction {
+        let (mut stmt, traits) = self.prepare_cached(sql).await?;
+        if traits.leaves_state && !in_transaction {
             self.set_dirty(true);
         }
         let params = || params.iter().map(|p| *p as &dyn ToSql);
@@ -830,12 +849,16 @@ impl Connection {
                     keep
                 )
             );
-            match self.ran(outcome, Answer::BindFirst) {
-                Err((err, _)) if !prepared_again && is_plan_invalidated(&err) => {
+            if traits.drops_statements {
+                self.cache().clear();
+            }
+            match outcome {
+                // At bind, before the statement could run.
+                Err((err, Phase::Start)) if !prepared_again && is_stale_statement(&err) => {
                     stmt = self.prepare_again(sql, err, in_transaction).await?;
                     prepared_again = true;
                 }
-                outcome => return outcome.map_err(Failure::from),
+                outcome => return self.ran(outcome, Answer::BindFirst).map_err(Failure::from),
             }
         }
     }
@@ -874,8 +897,10 @@ impl Connection {
         }
     }
 
-    /// After `err` showed the cached plan for `sql` stale: forgets it, and prepares `sql` again
-    /// for one retry, unless the statement ran in a transaction. There the error has aborted
+    /// After `err` showed the cached statement for `sql` stale: forgets it (every statement,
+    /// when the server no longer had it: whatever dropped it likely dropped them all), and
+    /// prepares `sql` again for one retry, unless the statement ran in a transaction. Neither
+    /// error lets the statement run. In a transaction the error has aborted
     /// the transaction, so a retry could only fail (25P02): the caller gets `err` itself, as
     /// [`Error::PlanInvalidated`]. A transaction the caller opened on their own, which the
     /// connection may not have noticed (`in_transaction` is false then), shows itself the same
@@ -886,7 +911,11 @@ impl Connection {
         err: tokio_postgres::Error,
         in_transaction: bool,
     ) -> Result<Statement, Failure> {
-        self.cache().remove(sql);
+        if err.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+            self.cache().clear();
+        } else {
+            self.cache().remove(sql);
+        }
         if in_transaction {
             return Err(Failure::sent(Error::PlanInvalidated(err)));
         }
@@ -911,7 +940,11 @@ impl Connection {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
         let before = self.written.get();
-        tracked!(&self.broken, self.client.batch_execute(sql)).map_err(|err| {
+        let outcome = tracked!(&self.broken, self.client.batch_execute(sql));
+        if sql::may_drop_statements(sql) {
+            self.cache().clear();
+        }
+        outcome.map_err(|err| {
             self.note(&err);
             Failure {
                 error: err.into(),
@@ -1133,13 +1166,13 @@ impl Connection {
             let typed = params.iter().copied().zip(infer_types(params)?);
             tracked!(&self.broken, self.client.query_typed_raw(sql, typed))
         } else {
-            let (stmt, leaves_state) = Self::settle(self.prepare_cached(sql).await)?;
-            if leaves_state {
+            let (stmt, traits) = Self::settle(self.prepare_cached(sql).await)?;
+            if traits.leaves_state {
                 self.set_dirty(true);
             }
             let params = params.iter().copied();
             match tracked!(&self.broken, self.client.query_raw(&stmt, params.clone())) {
-                Err(err) if is_plan_invalidated(&err) => {
+                Err(err) if is_stale_statement(&err) => {
                     let stmt = Self::settle(self.prepare_again(sql, err, false).await)?;
                     tracked!(&self.broken, self.client.query_raw(&stmt, params))
                 }
@@ -1671,7 +1704,13 @@ impl Connection {
                     .await?;
                 self.run_session_statements().await?;
             }
-            Recycling::Custom(sql) => self.client.batch_execute(&sql).await?,
+            Recycling::Custom(sql) => {
+                let outcome = self.client.batch_execute(&sql).await;
+                if sql::may_drop_statements(&sql) {
+                    self.cache().clear();
+                }
+                outcome?;
+            }
         }
         self.set_dirty(false);
         Ok(())
@@ -2205,15 +2244,18 @@ where
     Ok((rows, stream.rows_affected().unwrap_or(0)))
 }
 
-/// Whether `err` says a prepared statement's plan went stale ("cached plan must not change
-/// result type", after a schema change), the one SQLSTATE 0A000 (feature not supported) error
-/// that preparing again cures. The server function that raises it is checked first: unlike
-/// the message, it is never translated.
-fn is_plan_invalidated(err: &tokio_postgres::Error) -> bool {
+/// Whether `err` says a cached prepared statement went stale, which preparing it again cures:
+/// its plan ("cached plan must not change result type", after a schema change, the one
+/// SQLSTATE 0A000 (feature not supported) error of that kind), or the statement itself, which
+/// the server no longer has (26000, after a `DISCARD ALL` or `DEALLOCATE` the connection did
+/// not see, say inside a `DO` block). For 0A000 the server function that raises it is checked
+/// first: unlike the message, it is never translated.
+fn is_stale_statement(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_some_and(|db| {
-        *db.code() == SqlState::FEATURE_NOT_SUPPORTED
-            && (db.routine() == Some("RevalidateCachedQuery")
-                || db.message() == "cached plan must not change result type")
+        *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+            || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
+                && (db.routine() == Some("RevalidateCachedQuery")
+                    || db.message() == "cached plan must not change result type"))
     })
 }
 

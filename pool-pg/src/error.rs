@@ -81,9 +81,11 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
-    /// A statement's cached plan became invalid inside a transaction (SQLSTATE 0A000 after a
-    /// schema change); outside a transaction it is re-prepared and retried instead.
-    #[error("cached plan invalidated by a schema change inside a transaction: {0}")]
+    /// A statement's cached prepared statement went stale inside a transaction: its plan
+    /// (SQLSTATE 0A000 after a schema change) or the statement itself (26000, dropped by a
+    /// `DISCARD ALL` or `DEALLOCATE` the connection did not see). The error aborted the
+    /// transaction; outside a transaction the statement is prepared again and retried instead.
+    #[error("cached statement went stale inside a transaction: {0}")]
     PlanInvalidated(#[source] tokio_postgres::Error),
     /// Text that cannot be turned into SQL (a NUL byte, a missing parameter, an empty name).
     #[error("invalid SQL input: {0}")]

@@ -1067,22 +1067,86 @@ pub(crate) fn may_end_transaction(sql: &str) -> bool {
     })
 }
 
+/// Whether `sql` may drop the session's prepared statements: any of its statements starts
+/// with `DEALLOCATE` or `DISCARD`. A look by first keyword that may say yes too often, which
+/// only costs preparing statements again; one it misses (inside a `DO` block, say) shows
+/// itself when a dropped statement is next used, which is then prepared again too.
+pub(crate) fn may_drop_statements(sql: &str) -> bool {
+    statement_heads(sql).any(|(word, len, _)| matches!(&word[..len], b"deallocate" | b"discard"))
+}
+
 /// Whether `sql` may change the session's state (transaction control, settings, cursors,
-/// listening, prepared statements, temporary objects, locks, `DO` blocks, `COPY`), which
-/// would leak to other callers sharing the connection. A rough look by first keyword that
-/// errs on the side of yes; `set_config()` inside a query is not spotted.
+/// listening, prepared statements, temporary objects, locks, `DO` blocks, `COPY`, and the
+/// built-in functions of [`calls_session_function`]), which would leak to other callers
+/// sharing the connection. A rough look that errs on the side of yes; a function of the
+/// caller's own that changes the session is not spotted.
 pub(crate) fn may_change_session(sql: &str) -> bool {
-    statement_heads(sql).any(|(word, len, rest)| match &word[..len] {
-        b"begin" | b"start" | b"commit" | b"rollback" | b"end" | b"abort" | b"savepoint"
-        | b"release" | b"set" | b"reset" | b"listen" | b"unlisten" | b"declare" | b"prepare"
-        | b"deallocate" | b"discard" | b"lock" | b"fetch" | b"move" | b"do" | b"close"
-        | b"copy" => true,
-        b"create" => {
-            let (next, _) = next_word(rest);
-            next.eq_ignore_ascii_case(b"temp") || next.eq_ignore_ascii_case(b"temporary")
+    calls_session_function(sql)
+        || statement_heads(sql).any(|(word, len, rest)| match &word[..len] {
+            b"begin" | b"start" | b"commit" | b"rollback" | b"end" | b"abort" | b"savepoint"
+            | b"release" | b"set" | b"reset" | b"listen" | b"unlisten" | b"declare"
+            | b"prepare" | b"deallocate" | b"discard" | b"lock" | b"fetch" | b"move" | b"do"
+            | b"close" | b"copy" => true,
+            b"create" => {
+                let (next, _) = next_word(rest);
+                next.eq_ignore_ascii_case(b"temp") || next.eq_ignore_ascii_case(b"temporary")
+            }
+            _ => false,
+        })
+}
+
+/// Whether `sql` calls, by name, a built-in function whose effect outlives its statement:
+/// session-level advisory locks (`pg_advisory_lock`, `pg_try_advisory_lock_shared`,
+/// `pg_advisory_unlock_all`, ..., but not the `_xact_` ones, which go with the transaction),
+/// `set_config` (its third argument, which can make it last only for the transaction, is not
+/// read) and `setseed`. Any such name before a `(` counts, in a string or a comment too: this
+/// errs on the side of yes.
+fn calls_session_function(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    let mut from = 0;
+    while let Some(at) = bytes[from..].iter().position(|&b| b == b'(') {
+        let open = from + at;
+        from = open + 1;
+        let before = bytes[..open].trim_ascii_end();
+        let name = match before.strip_suffix(b"\"") {
+            // A quoted name: what is between the quotes.
+            Some(quoted) => {
+                let start = quoted.iter().rposition(|&b| b == b'"').map_or(0, |p| p + 1);
+                &quoted[start..]
+            }
+            None => {
+                let start = before
+                    .iter()
+                    .rposition(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                    .map_or(0, |p| p + 1);
+                &before[start..]
+            }
+        };
+        if is_session_function(name) {
+            return true;
         }
-        _ => false,
-    })
+    }
+    false
+}
+
+/// See [`calls_session_function`].
+fn is_session_function(name: &[u8]) -> bool {
+    const LONGEST: usize = "pg_try_advisory_lock_shared".len();
+    if name.len() < "setseed".len() || name.len() > LONGEST {
+        return false;
+    }
+    let mut lower = [0u8; LONGEST];
+    for (to, from) in lower.iter_mut().zip(name) {
+        *to = from.to_ascii_lowercase();
+    }
+    let name = &lower[..name.len()];
+    match name {
+        b"set_config" | b"setseed" => true,
+        _ => {
+            (name.starts_with(b"pg_advisory_") || name.starts_with(b"pg_try_advisory_"))
+                && !name.windows(5).any(|w| w == b"xact_")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1186,5 +1250,39 @@ mod transaction_tests {
         assert!(!may_change_session(""));
         assert!(may_change_session("SELECT $$it's$$; SET search_path TO x"));
         assert!(may_change_session("SELECT 'a\\'; LISTEN x; --'"));
+        // Built-in functions whose effect outlives the statement, wherever they are called.
+        assert!(may_change_session("SELECT pg_advisory_lock(42)"));
+        assert!(may_change_session(
+            "select PG_TRY_ADVISORY_LOCK_SHARED (1, 2)"
+        ));
+        assert!(may_change_session(
+            "SELECT pg_catalog.pg_advisory_unlock_all()"
+        ));
+        assert!(may_change_session(
+            "SELECT x FROM t WHERE set_config('app.user', $1, false) IS NOT NULL"
+        ));
+        assert!(may_change_session("SELECT setseed(0.5)"));
+        assert!(may_change_session("SELECT \"pg_advisory_lock\"(1)"));
+        assert!(!may_change_session("SELECT pg_advisory_xact_lock(42)"));
+        assert!(!may_change_session(
+            "SELECT pg_try_advisory_xact_lock_shared(42)"
+        ));
+        assert!(!may_change_session(
+            "SELECT my_set_config(1), count(*) FROM t"
+        ));
+        assert!(!may_change_session("SELECT (1)"));
+        assert!(!may_change_session("("));
+    }
+
+    #[test]
+    fn spots_statement_drops() {
+        use super::may_drop_statements;
+        assert!(may_drop_statements("DISCARD ALL"));
+        assert!(may_drop_statements("select 1; deallocate all"));
+        assert!(may_drop_statements("/* reset */ Deallocate s1"));
+        assert!(!may_drop_statements("SELECT discard FROM t"));
+        assert!(!may_drop_statements(
+            "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"
+        ));
     }
 }

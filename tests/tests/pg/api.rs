@@ -732,6 +732,67 @@ pub(crate) async fn f1_schema_change_invalidates_cached_plan(rt: Rt) {
     .unwrap();
 }
 
+/// Statements the server dropped are prepared again: after a recycling `DISCARD ALL` at every
+/// checkout, after a `DEALLOCATE ALL` on a held connection, and after one the connection
+/// could not see (inside a `DO` block). Inside a transaction the caller opened, one it could
+/// not see is the caller's error, and the statement works again after the rollback.
+pub(crate) async fn dropped_statements_are_prepared_again(rt: Rt) {
+    let server = pg::shared();
+    let name = unique(&rt, "discard");
+    let who = rt.name();
+    let config = server
+        .config(&name)
+        .recycling(Recycling::Custom("DISCARD ALL".into()));
+    let pool = pool_for(&rt, config, |b| {
+        b.max_size(1).validation(momopool::Validation::Always)
+    })
+    .await;
+    for i in 0..3 {
+        let n: i32 = pool
+            .query_one("SELECT $1::int + 1", &[&i])
+            .await
+            .unwrap_or_else(|e| panic!("[{who}] call {i} after DISCARD ALL: {e}"))
+            .get(0);
+        assert_eq!(n, i + 1, "[{who}]");
+    }
+
+    let mut conn = pool.get().await.unwrap();
+    let pid = conn.backend_pid();
+    let select = "SELECT 2";
+    conn.query(select, &[]).await.unwrap();
+    conn.batch_execute("DEALLOCATE ALL").await.unwrap();
+    conn.query(select, &[])
+        .await
+        .unwrap_or_else(|e| panic!("[{who}] after DEALLOCATE ALL: {e}"));
+    conn.execute("DEALLOCATE ALL", &[]).await.unwrap();
+    conn.query(select, &[])
+        .await
+        .unwrap_or_else(|e| panic!("[{who}] after a prepared DEALLOCATE ALL: {e}"));
+    let unseen = "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$";
+    conn.batch_execute(unseen).await.unwrap();
+    conn.query(select, &[])
+        .await
+        .unwrap_or_else(|e| panic!("[{who}] after an unseen DEALLOCATE ALL: {e}"));
+
+    conn.batch_execute(&format!("BEGIN; {unseen}"))
+        .await
+        .unwrap();
+    let err = conn.query(select, &[]).await.unwrap_err();
+    assert!(matches!(err, Error::PlanInvalidated(_)), "[{who}] {err:?}");
+    assert_eq!(err.code().map(|c| c.code()), Some("26000"), "[{who}] {err}");
+    conn.batch_execute("ROLLBACK").await.unwrap();
+    conn.query(select, &[])
+        .await
+        .unwrap_or_else(|e| panic!("[{who}] after the rollback: {e}"));
+    // One it sees is forgotten at once, so a transaction goes on.
+    conn.batch_execute("BEGIN; DEALLOCATE ALL").await.unwrap();
+    conn.query(select, &[])
+        .await
+        .unwrap_or_else(|e| panic!("[{who}] after DEALLOCATE ALL in a transaction: {e}"));
+    conn.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(conn.backend_pid(), pid, "[{who}] one connection throughout");
+}
+
 pub(crate) async fn statement_deadline_cancels_on_the_server(rt: Rt) {
     let server = pg::shared();
     let app = unique(&rt, "deadline");

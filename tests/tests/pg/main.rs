@@ -87,6 +87,7 @@ momopool_tests::matrix!(
     cancelled_pool_transaction_leaves_nothing_behind,
     sql_errors_carry_their_sqlstate,
     f1_schema_change_invalidates_cached_plan,
+    dropped_statements_are_prepared_again,
     statement_deadline_cancels_on_the_server,
     b1_terminated_backends_are_replaced_without_errors,
     bad_inputs_give_typed_errors_fast,

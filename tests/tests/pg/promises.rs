@@ -791,4 +791,43 @@ pub(crate) async fn clean_recycling_resets_even_a_quick_reuse(rt: Rt) {
         .unwrap()
         .get(0);
     assert_eq!(timeout, "0", "[{}]", rt.name());
+    drop(conn);
+
+    // Changes the statement's text does not show: a function of the caller's own that takes
+    // a session-level advisory lock, and a setting changed by `set_config` inside a query.
+    let lock = format!("{app}_lock");
+    pool.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {lock}() RETURNS void LANGUAGE sql \
+         AS $$ SELECT pg_advisory_lock(hashtext('{lock}')) $$"
+    ))
+    .await
+    .unwrap();
+    pool.execute(&format!("SELECT {lock}()"), &[])
+        .await
+        .unwrap();
+    let locks: i32 = pool
+        .query_one(
+            "SELECT count(*)::int FROM pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 0, "[{}] the lock is released", rt.name());
+    pool.execute(
+        "SELECT set_config('application_name', 'changed', false)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let setting: String = pool
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, app, "[{}] the setting is reset", rt.name());
+    pool.batch_execute(&format!("DROP FUNCTION {lock}()"))
+        .await
+        .unwrap();
 }
