@@ -189,7 +189,8 @@ impl Error {
     /// down, restarted, or the network dropped it), as opposed to an error in the statement.
     ///
     /// "Gone" means SQLSTATE 57P01, 57P02, 57P03 or class 08, a FATAL or PANIC report, an
-    /// I/O error, or a closed connection.
+    /// I/O error, or a closed connection; inside [`Error::OutcomeUnknown`] or
+    /// [`Error::Connect`], the error they carry.
     ///
     /// # Examples
     ///
@@ -201,14 +202,16 @@ impl Error {
         match self {
             Error::Postgres(e) => pg_connection_lost(e),
             Error::Io(_) => true,
-            Error::OutcomeUnknown(_) => true,
-            Error::Connect { source, .. } => source.is_connection_lost(),
+            Error::OutcomeUnknown(source) | Error::Connect { source, .. } => {
+                source.is_connection_lost()
+            }
             _ => false,
         }
     }
 
-    /// Whether this is a timeout: a statement or transaction deadline, a connect timeout
-    /// (also the last host's, inside [`Error::Connect`]) or the pool's.
+    /// Whether this is a timeout: a statement or transaction deadline (also inside
+    /// [`Error::OutcomeUnknown`]), a connect timeout (also the last host's, inside
+    /// [`Error::Connect`]) or the pool's.
     ///
     /// # Examples
     ///
@@ -222,7 +225,7 @@ impl Error {
             Error::StatementTimeout { .. }
             | Error::TransactionTimeout { .. }
             | Error::ConnectTimeout { .. } => true,
-            Error::Connect { source, .. } => source.is_timeout(),
+            Error::Connect { source, .. } | Error::OutcomeUnknown(source) => source.is_timeout(),
             Error::Pool(p) => p.is_timeout(),
             _ => false,
         }

@@ -151,7 +151,7 @@ pub(crate) async fn shared_mode_deadlines(rt: Rt) {
         .await
         .unwrap_err();
     assert!(
-        err.is_outcome_unknown(),
+        err.is_outcome_unknown() && err.is_timeout() && !err.is_connection_lost(),
         "queued behind a slow statement: {err:?}"
     );
     slow.await.unwrap();
