@@ -2284,8 +2284,18 @@ fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
     }
 }
 
-/// An error saying the connection is closed, as tokio-postgres reports it.
+/// An error saying the connection is closed or unusable, at once and without sending
+/// anything: a connection-lost error ([`Error::is_connection_lost`]).
 async fn closed_error(client: &Client) -> Error {
+    if !client.is_closed() {
+        // Marked unusable with its socket still open: an abandoned statement's answer may
+        // still be on its way, and anything sent now would wait behind it.
+        return Error::Io(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "the connection is unusable: a statement on it was abandoned before its answer \
+             arrived, or failed in a way that left it so",
+        ));
+    }
     // A closed client fails at once without sending anything; this yields tokio-postgres's
     // own "connection closed" error rather than a made-up one.
     match client.simple_query("").await {

@@ -973,7 +973,8 @@ pub(crate) async fn tls_connections_are_encrypted(rt: Rt) {
 }
 
 /// A connection returned while its statement's answer is still coming is discarded: the
-/// next borrower never waits behind someone else's results.
+/// next borrower never waits behind someone else's results. Its holder's next statement
+/// fails at once, as on a lost connection, rather than wait behind that answer.
 pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
     let server = pg::shared();
     let pool = pool_for(&rt, server.config(&unique(&rt, "abandoned")), |b| {
@@ -984,10 +985,23 @@ pub(crate) async fn abandoned_statement_is_not_handed_on(rt: Rt) {
     let abandoned = rt
         .timeout(
             Duration::from_millis(100),
-            conn.query("SELECT pg_sleep(0.6)", &[]),
+            conn.query("SELECT pg_sleep(2)", &[]),
         )
         .await;
     assert!(abandoned.is_none(), "the statement was still running");
+    let started = Instant::now();
+    let err = conn.query("SELECT 1", &[]).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "[{}] the holder's next statement waited {:?}",
+        rt.name(),
+        started.elapsed()
+    );
+    assert!(
+        err.is_connection_lost() && !err.is_outcome_unknown(),
+        "[{}] {err:?}",
+        rt.name()
+    );
     drop(conn);
 
     let started = Instant::now();
