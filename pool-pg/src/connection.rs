@@ -1405,6 +1405,10 @@ impl Connection {
     /// inside a transaction that ends with the stream (Momoko's named cursors). Memory stays
     /// bounded by one chunk whatever the result size.
     ///
+    /// It cannot run inside a transaction the caller began (its `COMMIT` would commit the
+    /// caller's work): the stream then yields [`Error::InvalidInput`] and ends, and the
+    /// caller's transaction goes on.
+    ///
     /// Dropping the stream early rolls the transaction back. The statement is prepared inside
     /// the cursor's transaction, which PgBouncer's transaction pooling allows even in
     /// [unnamed-statement mode](PgConfig::unnamed_statements).
@@ -1446,7 +1450,8 @@ impl Connection {
             ..
         } = self;
         let (dirty, broken) = (&*dirty, &*broken);
-        dirty.store(true, Ordering::Relaxed);
+        // Clean means no transaction can be open; else the server is asked first.
+        let may_be_in_transaction = dirty.swap(true, Ordering::Relaxed);
         enum State<'t> {
             Start(&'t mut Client),
             Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
@@ -1465,6 +1470,16 @@ impl Connection {
                 let (tx, portal) = match state {
                     State::Done => return None,
                     State::Start(client) => {
+                        if may_be_in_transaction {
+                            if let Err(err) = refuse_inside_transaction(client).await {
+                                if let Error::Postgres(e) = &err {
+                                    if pg_connection_lost(e) {
+                                        broken.store(true, Ordering::Relaxed);
+                                    }
+                                }
+                                return Some((Err(err), (State::Done, dirty, broken)));
+                            }
+                        }
                         let tx = match client.transaction().await {
                             Ok(tx) => tx,
                             Err(err) => {
@@ -2281,6 +2296,28 @@ fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
         n => Err(Error::InvalidInput(format!(
             "expected at most one row, the statement returned {n}"
         ))),
+    }
+}
+
+/// For [`Connection::cursor`], whose `BEGIN` inside a transaction the caller began would be
+/// a no-op and whose `COMMIT` would then commit the caller's work early: an error when a
+/// transaction is open (or failed), found out by a `SAVEPOINT`, which only a transaction
+/// accepts (and released at once).
+async fn refuse_inside_transaction(client: &Client) -> Result<(), Error> {
+    const PROBE: &str = "SAVEPOINT momopool_cursor_probe";
+    match client.batch_execute(PROBE).await {
+        Err(err) if err.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => Ok(()),
+        Err(err) => Err(Error::Postgres(err)),
+        Ok(()) => {
+            client
+                .batch_execute("RELEASE SAVEPOINT momopool_cursor_probe")
+                .await?;
+            Err(Error::InvalidInput(
+                "cursor() runs in a transaction of its own and cannot run inside one the \
+                 caller began; there, use DECLARE and FETCH"
+                    .into(),
+            ))
+        }
     }
 }
 

@@ -160,6 +160,50 @@ pub(crate) async fn cursor_dropped_early_leaves_the_pool_clean(rt: Rt) {
     assert_eq!(one, 1);
 }
 
+/// A cursor inside a transaction the caller began is refused, and the caller's transaction
+/// goes on uncommitted; outside one it works, also after that transaction ended.
+pub(crate) async fn cursor_refuses_to_run_inside_the_callers_transaction(rt: Rt) {
+    let server = pg::shared();
+    let table = unique(&rt, "cursor_in_tx");
+    let who = rt.name();
+    let pool = pool_for(&rt, server.config(&table), |b| b.max_size(1)).await;
+    pool.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+    ))
+    .await
+    .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    conn.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    let refused: Result<Vec<tokio_postgres::Row>, Error> = conn
+        .cursor("SELECT generate_series(1, 5)", &[], 2)
+        .try_collect()
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidInput(_))),
+        "[{who}] {refused:?}"
+    );
+    conn.batch_execute(&format!("INSERT INTO {table} VALUES (2); ROLLBACK"))
+        .await
+        .unwrap();
+    let rows: Vec<tokio_postgres::Row> = conn
+        .cursor("SELECT generate_series(1, 5)", &[], 2)
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("[{who}] outside a transaction: {e}"));
+    assert_eq!(rows.len(), 5, "[{who}]");
+    drop(conn);
+    assert_eq!(
+        pg::count_rows(&pool, &table).await,
+        0,
+        "[{who}] nothing of the caller's transaction was committed"
+    );
+    pool.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
 pub(crate) async fn three_queries_in_parallel_take_the_time_of_one(rt: Rt) {
     let server = pg::shared();
     let pool = pool_for(&rt, server.config(&unique(&rt, "parallel")), |b| {

@@ -72,6 +72,7 @@ pub(crate) fn unique(rt: &Rt, test: &str) -> String {
 momopool_tests::matrix!(
     tutorial_end_to_end,
     cursor_dropped_early_leaves_the_pool_clean,
+    cursor_refuses_to_run_inside_the_callers_transaction,
     three_queries_in_parallel_take_the_time_of_one,
     stretching_seen_in_pg_stat_activity,
     mogrify_renders_literals,
