@@ -1732,14 +1732,16 @@ impl Connection {
     }
 
     /// Sends a cancel request for whatever this connection's backend is running, in the
-    /// background, over a new socket.
+    /// background, over a new socket. The task gives up after [`CANCEL_WITHIN`], so that a
+    /// server that never answers cannot keep it (and its socket) for ever.
     pub(crate) fn cancel_in_background(&self) {
         let token = self.client.cancel_token();
         #[cfg(feature = "tls-rustls")]
         let tls = self.config.tls.clone();
         let runtime = Arc::clone(&self.runtime);
         let (target, port) = self.target.clone();
-        self.runtime.spawn(Box::pin(async move {
+        let timer = self.runtime.sleep(CANCEL_WITHIN);
+        let cancel = async move {
             let socket = match connect_socket(&runtime, &target, port).await {
                 Ok(socket) => socket,
                 Err(err) => {
@@ -1756,6 +1758,13 @@ impl Connection {
             let result = token.cancel_query_raw(socket, NoTls).await;
             if let Err(err) = result {
                 tracing::debug!(error = %err, "cancel request failed");
+            }
+        };
+        self.runtime.spawn(Box::pin(async move {
+            if let futures::future::Either::Right(_) =
+                futures::future::select(Box::pin(cancel), timer).await
+            {
+                tracing::debug!("cancel request gave up after {CANCEL_WITHIN:?}");
             }
         }));
     }
@@ -2320,6 +2329,9 @@ async fn refuse_inside_transaction(client: &Client) -> Result<(), Error> {
         }
     }
 }
+
+/// How long a cancel request may take, its connect included ([`Connection::cancel_in_background`]).
+const CANCEL_WITHIN: Duration = Duration::from_secs(10);
 
 /// An error saying the connection is closed or unusable, at once and without sending
 /// anything: a connection-lost error ([`Error::is_connection_lost`]).

@@ -893,12 +893,14 @@ impl PgPool {
     }
 
     /// Like [`get`](PgPool::get), then pings the server (an empty query) so the connection
-    /// is known to work (Momoko's `getconn(ping=True)`). A connection that fails the ping is
-    /// discarded and another one tried.
+    /// is known to work (Momoko's `getconn(ping=True)`). A connection that fails the ping, or
+    /// gives no answer within the pool's recycle timeout (a silently dead one), is discarded
+    /// and another one tried, three in all.
     ///
     /// # Errors
     ///
-    /// As for [`get`](PgPool::get).
+    /// As for [`get`](PgPool::get); and the third failed ping's error: the server's, or an
+    /// [`Error::Io`] of kind `TimedOut` for a ping left unanswered.
     ///
     /// # Cancel safety
     ///
@@ -912,25 +914,53 @@ impl PgPool {
     /// # Ok(()) }
     /// ```
     pub async fn get_pinged(&self) -> Result<Pooled<PgManager>, Error> {
-        for _ in 0..3 {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let mut conn = self.get().await?;
-            match conn.try_batch("").await {
-                Ok(()) => return Ok(conn),
-                Err(_) => Pooled::mark_broken(&mut conn),
+            let error = match self
+                .within(self.pool.config().recycle_timeout, conn.try_batch(""))
+                .await
+            {
+                Some(Ok(())) => return Ok(conn),
+                Some(Err(failure)) => failure.error,
+                None => Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the ping got no answer within the recycle timeout",
+                )),
+            };
+            Pooled::mark_broken(&mut conn);
+            if attempt == 3 {
+                return Err(error);
             }
         }
-        self.get().await
+    }
+
+    /// `fut`'s output, or `None` when `limit` passes first.
+    async fn within<T>(
+        &self,
+        limit: Option<Duration>,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let Some(limit) = limit else {
+            return Some(fut.await);
+        };
+        let timer = self.pool.runtime().sleep(limit);
+        match futures::future::select(std::pin::pin!(fut), timer).await {
+            futures::future::Either::Left((output, _)) => Some(output),
+            futures::future::Either::Right(_) => None,
+        }
     }
 
     /// Opens a dedicated connection (outside the pool's count) that listens on `channel` and
     /// yields its notifications as a [`Stream`]. Add channels with
-    /// [`Listener::listen`]. The stream ends if the connection is lost. The connect is
-    /// bounded by the pool's create timeout.
+    /// [`Listener::listen`]. The stream ends if the connection is lost. The connect and the
+    /// `LISTEN` together are bounded by the pool's create timeout.
     ///
     /// # Errors
     ///
-    /// The connect error; [`Error::ConnectTimeout`] when the connect takes longer than the
-    /// pool's create timeout; or the `LISTEN` error.
+    /// The connect error; [`Error::ConnectTimeout`] when the connect and the `LISTEN` take
+    /// longer than the pool's create timeout; or the `LISTEN` error.
     ///
     /// # Cancel safety
     ///
@@ -949,25 +979,22 @@ impl PgPool {
     /// # Ok(()) }
     /// ```
     pub async fn listen(&self, channel: &str) -> Result<Listener, Error> {
-        let create = std::pin::pin!(self.pool.manager().create());
-        let mut conn = match self.pool.config().create_timeout {
-            None => create.await?,
-            Some(limit) => {
-                let timer = self.pool.runtime().sleep(limit);
-                match futures::future::select(create, timer).await {
-                    futures::future::Either::Left((conn, _)) => conn?,
-                    futures::future::Either::Right(_) => {
-                        return Err(Error::ConnectTimeout { after: limit });
-                    }
-                }
-            }
-        };
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        conn.listen(channel, tx).await?;
-        Ok(Listener {
-            conn,
-            notifications: rx,
-        })
+        let open = async {
+            let mut conn = self.pool.manager().create().await?;
+            conn.listen(channel, tx).await?;
+            Ok::<_, Error>(conn)
+        };
+        let limit = self.pool.config().create_timeout;
+        match self.within(limit, open).await {
+            Some(conn) => Ok(Listener {
+                conn: conn?,
+                notifications: rx,
+            }),
+            None => Err(Error::ConnectTimeout {
+                after: limit.unwrap_or_default(),
+            }),
+        }
     }
 }
 

@@ -127,6 +127,68 @@ pub(crate) async fn b3_silently_dead_idle_connections(rt: Rt) {
     finish(&rt, &pool, &admin, &app, seen).await;
 }
 
+/// B3 through `get_pinged`: with no check at checkout, the held connection's ping finds it
+/// silently dead (half-open), gives up within the recycle timeout, and a fresh connection is
+/// pinged and handed out instead.
+pub(crate) async fn b3_get_pinged_skips_a_silently_dead_connection(rt: Rt) {
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "b3_pinged");
+    let recycle_timeout = Duration::from_millis(200);
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(1)
+        .configure(move |b| {
+            b.validation(Validation::Never)
+                .recycle_timeout(recycle_timeout)
+                .create_timeout(Duration::from_secs(2))
+                .wait_timeout(Duration::from_secs(3))
+        })
+        .build_eager()
+        .await
+        .unwrap();
+    let admin = admin_for(&rt, server, &app).await;
+    let old = pool.get().await.unwrap().backend_pid();
+    let seen = watch(&rt, &pool);
+
+    proxy.blackhole();
+    proxy.pass(); // new connections pass; the existing one stays dead
+    let started = Instant::now();
+    let conn = within(
+        &rt,
+        Duration::from_secs(5),
+        "get_pinged()",
+        pool.get_pinged(),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "[{}] get_pinged() after the connection died: {e}",
+            rt.name()
+        )
+    });
+    let took = started.elapsed();
+    assert_ne!(
+        conn.backend_pid(),
+        old,
+        "[{}] a fresh connection",
+        rt.name()
+    );
+    drop(conn);
+    assert!(
+        took >= recycle_timeout && took < 2 * recycle_timeout + EPSILON,
+        "[{}] get_pinged() took {took:?}",
+        rt.name()
+    );
+    assert_eq!(
+        pool.inner().statistics().closed.get(Removal::Broken),
+        1,
+        "[{}] the dead connection was discarded",
+        rt.name()
+    );
+    finish(&rt, &pool, &admin, &app, seen).await;
+}
+
 /// C1: the backend is terminated in the middle of a statement. The caller gets the 57P01
 /// as an unknown outcome (it was not replayed: a replay would sleep 5 s more), the connection
 /// is discarded and the next call runs on a new backend.

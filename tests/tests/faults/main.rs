@@ -300,6 +300,7 @@ momopool_tests::matrix!(
     a6_rejected_by_pg_hba_or_unknown_database,
     b2_immediate_restart_under_query_loop,
     b3_silently_dead_idle_connections,
+    b3_get_pinged_skips_a_silently_dead_connection,
     b1_idle_connection_closed_just_after_answering,
     b1_idle_shared_lane_closed_just_after_answering,
     b1_goodbye_arrives_as_the_first_answer,
