@@ -41,7 +41,11 @@ use tokio_postgres::error::SqlState;
 /// no connection to spare, a caller waits for room on a lane (within its deadline, and once:
 /// a caller who still finds no room goes on to the pool's first-come-first-served queue).
 /// Otherwise, when no lane qualifies, the call takes the exclusive path, which is also where
-/// statements that could change session state always go. An idle lane keeps its connection
+/// statements that could change session state always go: spotted by their first keyword
+/// (`SET`, `LISTEN`, `BEGIN`, ...) or by a call of a built-in session-level advisory lock
+/// function, `set_config` or `setseed`. A function of the caller's own that changes the
+/// session is not spotted: call it with
+/// [`CallOptions::exclusive`](crate::CallOptions::exclusive). An idle lane keeps its connection
 /// unless callers are waiting in the pool, or the connection needs a check (it is then
 /// returned, and checked there). A caller about to wait in the pool for a connection of its
 /// own makes room first: idle lanes give theirs back at once, and when all are busy the least
