@@ -370,12 +370,17 @@ impl PgConfig {
     /// pooling requires. The statement cache is not used. Parameter types are inferred from
     /// the Rust values (integers, floats, booleans, text, `bytea`, JSON(B), arrays of those,
     /// and the date, time, UUID and network types tokio-postgres knows); a parameter of
-    /// another type is an [`Error::InvalidInput`]. Two exceptions, named statements that
+    /// another type is an [`Error::InvalidInput`]. Three exceptions, named statements that
     /// tokio-postgres prepares itself: `COPY` through
     /// [`Connection::copy_in`](crate::Connection::copy_in) and
     /// [`copy_out`](crate::Connection::copy_out), and the portal of a
     /// [`Connection::cursor`](crate::Connection::cursor); both run inside a transaction
-    /// there, or should, which keeps them on one server connection behind PgBouncer.
+    /// there, or should, which keeps them on one server connection behind PgBouncer. And
+    /// the first time a connection meets a result column of a type that is not built in (an
+    /// enum, a composite, a domain, `hstore`), tokio-postgres looks the type up with a query
+    /// it prepares by name and keeps for the connection's life; behind PgBouncer's
+    /// transaction pooling that statement may later be missing on another server
+    /// connection, so cast such columns to a built-in type (`::text`) there.
     ///
     /// # Examples
     ///
