@@ -70,6 +70,30 @@ fn is_deadline(err: &Error) -> bool {
     }
 }
 
+/// B3's recycle timeout: how long a check or a ping waits for a silently dead connection.
+const B3_RECYCLE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// B3's pool: `size` connections, opened at once, checked per `validation`.
+async fn b3_pool(
+    rt: &Rt,
+    config: momopool_pg::PgConfig,
+    size: usize,
+    validation: Validation,
+) -> PgPool {
+    builder(rt, config)
+        .min_size(size)
+        .max_size(size)
+        .configure(move |b| {
+            b.validation(validation)
+                .recycle_timeout(B3_RECYCLE_TIMEOUT)
+                .create_timeout(Duration::from_secs(2))
+                .wait_timeout(Duration::from_secs(3))
+        })
+        .build_eager()
+        .await
+        .unwrap()
+}
+
 /// B3: every idle connection goes silently dead (half-open: blackholed by the proxy, while
 /// new connections pass). With validation on every checkout and a 200 ms recycle timeout,
 /// each check times out, the connection is discarded and a fresh one is made.
@@ -77,19 +101,7 @@ pub(crate) async fn b3_silently_dead_idle_connections(rt: Rt) {
     let server = pg::shared();
     let proxy = proxy_to(server);
     let app = unique(&rt, "b3");
-    let recycle_timeout = Duration::from_millis(200);
-    let pool = builder(&rt, via(server, &proxy, &app))
-        .min_size(2)
-        .max_size(2)
-        .configure(move |b| {
-            b.validation(Validation::Always)
-                .recycle_timeout(recycle_timeout)
-                .create_timeout(Duration::from_secs(2))
-                .wait_timeout(Duration::from_secs(3))
-        })
-        .build_eager()
-        .await
-        .unwrap();
+    let pool = b3_pool(&rt, via(server, &proxy, &app), 2, Validation::Always).await;
     let admin = admin_for(&rt, server, &app).await;
     let old: Vec<i32> = {
         let a = pool.get().await.unwrap();
@@ -112,7 +124,7 @@ pub(crate) async fn b3_silently_dead_idle_connections(rt: Rt) {
     );
     drop(conn);
     assert!(
-        took >= recycle_timeout && took < 2 * recycle_timeout + EPSILON,
+        took >= B3_RECYCLE_TIMEOUT && took < 2 * B3_RECYCLE_TIMEOUT + EPSILON,
         "[{}] get() took {took:?}",
         rt.name()
     );
@@ -134,19 +146,7 @@ pub(crate) async fn b3_get_pinged_skips_a_silently_dead_connection(rt: Rt) {
     let server = pg::shared();
     let proxy = proxy_to(server);
     let app = unique(&rt, "b3_pinged");
-    let recycle_timeout = Duration::from_millis(200);
-    let pool = builder(&rt, via(server, &proxy, &app))
-        .min_size(1)
-        .max_size(1)
-        .configure(move |b| {
-            b.validation(Validation::Never)
-                .recycle_timeout(recycle_timeout)
-                .create_timeout(Duration::from_secs(2))
-                .wait_timeout(Duration::from_secs(3))
-        })
-        .build_eager()
-        .await
-        .unwrap();
+    let pool = b3_pool(&rt, via(server, &proxy, &app), 1, Validation::Never).await;
     let admin = admin_for(&rt, server, &app).await;
     let old = pool.get().await.unwrap().backend_pid();
     let seen = watch(&rt, &pool);
@@ -176,7 +176,7 @@ pub(crate) async fn b3_get_pinged_skips_a_silently_dead_connection(rt: Rt) {
     );
     drop(conn);
     assert!(
-        took >= recycle_timeout && took < 2 * recycle_timeout + EPSILON,
+        took >= B3_RECYCLE_TIMEOUT && took < 2 * B3_RECYCLE_TIMEOUT + EPSILON,
         "[{}] get_pinged() took {took:?}",
         rt.name()
     );
