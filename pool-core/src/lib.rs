@@ -18,7 +18,7 @@ pub use config::{PoolConfig, Reuse, Validation};
 pub use error::{BuildError, HookError, Phase, PoolError, TimeoutError};
 pub use manager::{ErrorClass, Manager, Metrics, Removal};
 pub use pool::{Pool, PoolBuilder, Pooled};
-pub use runtime::{BoxFuture, Runtime};
+pub use runtime::{BoxFuture, Elapsed, Runtime, with_timeout};
 pub use stats::{ClosedCounts, Statistics, Status, WaitHistogram};
 pub use thread_runtime::ThreadRuntime;
 

@@ -95,9 +95,28 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 }
 
-/// Runs `fut` with a deadline, arming a timer only when the future does not finish on its
-/// first poll. `None` as the duration means no limit.
-pub(crate) async fn with_timeout<F: Future>(
+/// Runs `fut` with a deadline on `runtime`'s timer, armed only when the future does not
+/// finish on its first poll. `None` as the duration means no limit. When the deadline passes
+/// first, `fut` is dropped and the result is [`Elapsed`].
+///
+/// What the pool itself uses for its create and recycle timeouts; a [`Manager`](crate::Manager)
+/// may use it for limits of its own.
+///
+/// # Examples
+///
+/// ```
+/// use momopool::{Elapsed, ThreadRuntime, with_timeout};
+/// use std::time::Duration;
+///
+/// futures::executor::block_on(async {
+///     let quick = with_timeout(&ThreadRuntime, Some(Duration::from_secs(1)), async { 7 });
+///     assert_eq!(quick.await, Ok(7));
+///     let never = std::future::pending::<()>();
+///     let slow = with_timeout(&ThreadRuntime, Some(Duration::from_millis(10)), never);
+///     assert_eq!(slow.await, Err(Elapsed));
+/// });
+/// ```
+pub async fn with_timeout<F: Future>(
     runtime: &dyn Runtime,
     limit: Option<Duration>,
     fut: F,
@@ -122,4 +141,4 @@ pub(crate) async fn with_timeout<F: Future>(
 
 /// The deadline of [`with_timeout`] passed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Elapsed;
+pub struct Elapsed;

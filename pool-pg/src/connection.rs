@@ -442,19 +442,19 @@ impl Connection {
         let timeout = config.standalone_limit();
         let deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
         let config = Arc::new(config);
-        let open = Connection::open(Arc::clone(&config), Arc::clone(&runtime), deadline);
-        match timeout {
-            None => open.await,
-            Some(limit) => {
-                let open = std::pin::pin!(open);
-                match futures::future::select(open, runtime.sleep(limit)).await {
-                    futures::future::Either::Left((result, _)) => result,
-                    futures::future::Either::Right(_) => {
-                        Err(Error::ConnectTimeout { after: limit })
-                    }
-                }
-            }
-        }
+        // Boxed: a connect's future is large, and the timeout would hold it on the stack.
+        let open = Box::pin(Connection::open(
+            Arc::clone(&config),
+            Arc::clone(&runtime),
+            deadline,
+        ));
+        momopool::with_timeout(&*runtime, timeout, open)
+            .await
+            .unwrap_or_else(|momopool::Elapsed| {
+                Err(Error::ConnectTimeout {
+                    after: timeout.unwrap_or_default(),
+                })
+            })
     }
 
     /// Opens a connection: each configured host in order, until one accepts (and is
@@ -484,19 +484,14 @@ impl Connection {
                 (Some(per_host), Some(share)) => Some(per_host.min(share)),
                 (per_host, share) => per_host.or(share),
             };
-            let attempt = Self::open_one(&config, &runtime, target, *port);
-            let outcome = match limit {
-                None => attempt.await,
-                Some(limit) => {
-                    let attempt = std::pin::pin!(attempt);
-                    match futures::future::select(attempt, runtime.sleep(limit)).await {
-                        futures::future::Either::Left((outcome, _)) => outcome,
-                        futures::future::Either::Right(_) => {
-                            Err(Error::ConnectTimeout { after: limit })
-                        }
-                    }
-                }
-            };
+            let attempt = Box::pin(Self::open_one(&config, &runtime, target, *port));
+            let outcome = momopool::with_timeout(&*runtime, limit, attempt)
+                .await
+                .unwrap_or_else(|momopool::Elapsed| {
+                    Err(Error::ConnectTimeout {
+                        after: limit.unwrap_or_default(),
+                    })
+                });
             match outcome {
                 Ok(conn) => return Ok(conn),
                 Err(err) => {
@@ -1470,15 +1465,22 @@ impl Connection {
                 let (tx, portal) = match state {
                     State::Done => return None,
                     State::Start(client) => {
-                        if may_be_in_transaction {
-                            if let Err(err) = refuse_inside_transaction(client).await {
-                                if let Error::Postgres(e) = &err {
-                                    if pg_connection_lost(e) {
-                                        broken.store(true, Ordering::Relaxed);
-                                    }
-                                }
-                                return Some((Err(err), (State::Done, dirty, broken)));
-                            }
+                        let asked = if may_be_in_transaction {
+                            in_transaction(client).await
+                        } else {
+                            Ok(false)
+                        };
+                        let refusal = match asked {
+                            Ok(false) => None,
+                            Ok(true) => Some(Error::InvalidInput(
+                                "cursor() runs in a transaction of its own and cannot run \
+                                 inside one the caller began; there, use DECLARE and FETCH"
+                                    .into(),
+                            )),
+                            Err(err) => Some(fail(err, broken)),
+                        };
+                        if let Some(err) = refusal {
+                            return Some((Err(err), (State::Done, dirty, broken)));
                         }
                         let tx = match client.transaction().await {
                             Ok(tx) => tx,
@@ -1740,7 +1742,6 @@ impl Connection {
         let tls = self.config.tls.clone();
         let runtime = Arc::clone(&self.runtime);
         let (target, port) = self.target.clone();
-        let timer = self.runtime.sleep(CANCEL_WITHIN);
         let cancel = async move {
             let socket = match connect_socket(&runtime, &target, port).await {
                 Ok(socket) => socket,
@@ -1760,9 +1761,11 @@ impl Connection {
                 tracing::debug!(error = %err, "cancel request failed");
             }
         };
+        let runtime = Arc::clone(&self.runtime);
         self.runtime.spawn(Box::pin(async move {
-            if let futures::future::Either::Right(_) =
-                futures::future::select(Box::pin(cancel), timer).await
+            if momopool::with_timeout(&*runtime, Some(CANCEL_WITHIN), cancel)
+                .await
+                .is_err()
             {
                 tracing::debug!("cancel request gave up after {CANCEL_WITHIN:?}");
             }
@@ -2308,24 +2311,23 @@ fn at_most_one(rows: Vec<Row>) -> Result<Option<Row>, Error> {
     }
 }
 
-/// For [`Connection::cursor`], whose `BEGIN` inside a transaction the caller began would be
-/// a no-op and whose `COMMIT` would then commit the caller's work early: an error when a
-/// transaction is open (or failed), found out by a `SAVEPOINT`, which only a transaction
-/// accepts (and released at once).
-async fn refuse_inside_transaction(client: &Client) -> Result<(), Error> {
-    const PROBE: &str = "SAVEPOINT momopool_cursor_probe";
-    match client.batch_execute(PROBE).await {
-        Err(err) if err.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => Ok(()),
-        Err(err) => Err(Error::Postgres(err)),
+/// Whether a transaction is open on the connection, asked of the server with a `SAVEPOINT`,
+/// which only a transaction accepts (and released at once). For [`Connection::cursor`],
+/// whose `BEGIN` inside a transaction the caller began would be a no-op and whose `COMMIT`
+/// would then commit the caller's work early. A failed transaction's refusal (25P02) is
+/// returned as the error it is.
+async fn in_transaction(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    match client
+        .batch_execute("SAVEPOINT momopool_cursor_probe")
+        .await
+    {
+        Err(err) if err.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => Ok(false),
+        Err(err) => Err(err),
         Ok(()) => {
             client
                 .batch_execute("RELEASE SAVEPOINT momopool_cursor_probe")
                 .await?;
-            Err(Error::InvalidInput(
-                "cursor() runs in a transaction of its own and cannot run inside one the \
-                 caller began; there, use DECLARE and FETCH"
-                    .into(),
-            ))
+            Ok(true)
         }
     }
 }

@@ -918,37 +918,22 @@ impl PgPool {
         loop {
             attempt += 1;
             let mut conn = self.get().await?;
-            let error = match self
-                .within(self.pool.config().recycle_timeout, conn.try_batch(""))
-                .await
-            {
-                Some(Ok(())) => return Ok(conn),
-                Some(Err(failure)) => failure.error,
-                None => Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the ping got no answer within the recycle timeout",
-                )),
-            };
+            let limit = self.pool.config().recycle_timeout;
+            let error =
+                match momopool::with_timeout(&**self.pool.runtime(), limit, conn.try_batch(""))
+                    .await
+                {
+                    Ok(Ok(())) => return Ok(conn),
+                    Ok(Err(failure)) => failure.error,
+                    Err(momopool::Elapsed) => Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the ping got no answer within the recycle timeout",
+                    )),
+                };
             Pooled::mark_broken(&mut conn);
             if attempt == 3 {
                 return Err(error);
             }
-        }
-    }
-
-    /// `fut`'s output, or `None` when `limit` passes first.
-    async fn within<T>(
-        &self,
-        limit: Option<Duration>,
-        fut: impl std::future::Future<Output = T>,
-    ) -> Option<T> {
-        let Some(limit) = limit else {
-            return Some(fut.await);
-        };
-        let timer = self.pool.runtime().sleep(limit);
-        match futures::future::select(std::pin::pin!(fut), timer).await {
-            futures::future::Either::Left((output, _)) => Some(output),
-            futures::future::Either::Right(_) => None,
         }
     }
 
@@ -980,18 +965,19 @@ impl PgPool {
     /// ```
     pub async fn listen(&self, channel: &str) -> Result<Listener, Error> {
         let (tx, rx) = futures::channel::mpsc::unbounded();
-        let open = async {
+        // Boxed, as a connect's future is large.
+        let open = Box::pin(async {
             let mut conn = self.pool.manager().create().await?;
             conn.listen(channel, tx).await?;
             Ok::<_, Error>(conn)
-        };
+        });
         let limit = self.pool.config().create_timeout;
-        match self.within(limit, open).await {
-            Some(conn) => Ok(Listener {
+        match momopool::with_timeout(&**self.pool.runtime(), limit, open).await {
+            Ok(conn) => Ok(Listener {
                 conn: conn?,
                 notifications: rx,
             }),
-            None => Err(Error::ConnectTimeout {
+            Err(momopool::Elapsed) => Err(Error::ConnectTimeout {
                 after: limit.unwrap_or_default(),
             }),
         }

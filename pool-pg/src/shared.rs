@@ -495,6 +495,12 @@ impl Lanes {
             let now = self.since_epoch(Instant::now());
             // Lanes without a connection stay so while a caller claims one of its own.
             let claimed = self.claims.load(Ordering::Relaxed) != 0;
+            if let Some(i) = self.quick_pick(x, y, now, claimed) {
+                match self.enqueue(pool, i, id, now) {
+                    Some(pick) => return pick,
+                    None => continue,
+                }
+            }
             // A lane able to take work with nothing in flight.
             let mut empty_lane = None;
             // The loads of the two drawn lanes; `usize::MAX` while unseen or unable to take
@@ -506,12 +512,6 @@ impl Lanes {
             let mut opening = false;
             // The soonest a full lane could be found stalled, in nanoseconds from now.
             let mut full_until = None;
-            if let Some(i) = self.quick_pick(x, y, now, claimed) {
-                match self.enqueue(pool, i, id, now) {
-                    Some(pick) => return pick,
-                    None => continue,
-                }
-            }
             // Read without taking any lane's lock: `enqueue` checks the choice under it.
             // From the first drawn lane on, so that the first lane found empty (which ends
             // the scan) is not always the same one.

@@ -102,6 +102,7 @@ momopool_tests::matrix!(
     copy_and_row_streams_round_trip,
     unfinished_streams_and_raw_clients_are_not_handed_on,
     shared_mode_pipelines_on_few_connections,
+    shared_mode_opens_a_lane_rather_than_queue_behind_work,
     shared_mode_slow_statement_does_not_stall_new_callers,
     shared_mode_deadlines,
     shared_mode_keeps_session_changes_exclusive,

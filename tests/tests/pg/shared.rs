@@ -87,6 +87,47 @@ pub(crate) async fn shared_mode_pipelines_on_few_connections(rt: Rt) {
     drop(held);
 }
 
+/// A call that finds every lane holding a connection busy goes to a lane not yet holding
+/// one, which borrows a connection, rather than queue behind work (the stall guard is out
+/// of the way here).
+pub(crate) async fn shared_mode_opens_a_lane_rather_than_queue_behind_work(rt: Rt) {
+    let pool = shared_pool(
+        &rt,
+        &unique(&rt, "shared_open"),
+        SharedMode {
+            connections: 2,
+            max_in_flight: 32,
+            stall_after: Duration::from_secs(5),
+        },
+    )
+    .await;
+    let slow = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.execute("SELECT pg_sleep(1.5)", &[]).await.map(drop) })
+    };
+    // Until the slow statement's lane holds its connection.
+    let started = Instant::now();
+    while pool.inner().status().size == 0 && started.elapsed() < Duration::from_secs(5) {
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+    rt.sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    pool.execute("SELECT 1", &[]).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "[{}] the call waited {took:?} behind the slow statement",
+        rt.name()
+    );
+    assert_eq!(
+        pool.inner().status().size,
+        2,
+        "[{}] a second lane",
+        rt.name()
+    );
+    slow.await.unwrap();
+}
+
 /// A slow statement on a lane does not hold up callers that arrive after it.
 pub(crate) async fn shared_mode_slow_statement_does_not_stall_new_callers(rt: Rt) {
     let pool = shared_pool(
