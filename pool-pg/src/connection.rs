@@ -1128,7 +1128,8 @@ impl Connection {
     /// # Errors
     ///
     /// As for [`query`](Connection::query), when the statement cannot start; the stream
-    /// yields an error (then ends) if one arrives later.
+    /// yields an error (then ends) if one arrives later, [`Error::OutcomeUnknown`] if the
+    /// connection is lost: the statement may have done its work.
     ///
     /// # Cancel safety
     ///
@@ -1194,7 +1195,8 @@ impl Connection {
     /// # Errors
     ///
     /// As for [`query`](Connection::query), when the statement cannot start; the stream
-    /// yields an error (then ends) if one arrives later.
+    /// yields an error (then ends) if one arrives later, [`Error::OutcomeUnknown`] if the
+    /// connection is lost: the statement may have done its work.
     ///
     /// # Cancel safety
     ///

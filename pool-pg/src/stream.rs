@@ -48,7 +48,7 @@ impl<'a> Watch<'a> {
             Some(Ok(value)) => Some(Ok(value)),
             Some(Err(err)) => {
                 self.fused = true;
-                Some(Err(self.error(err)))
+                Some(Err(self.error(err, true)))
             }
             None => {
                 self.fused = true;
@@ -66,14 +66,25 @@ impl<'a> Watch<'a> {
             .finish_non_exhaustive()
     }
 
-    /// Records what an error says about the connection. The server's own error report ends
-    /// the request; anything else leaves it in an unknown state.
-    fn error(&mut self, err: tokio_postgres::Error) -> Error {
+    /// Records what an error says about the connection, and turns it into the caller's
+    /// error. The server's own error report ends the request; anything else leaves it in an
+    /// unknown state.
+    ///
+    /// `may_have_run`: the statement may have done its work already, so a lost connection
+    /// leaves its outcome unknown ([`Error::OutcomeUnknown`]), as for any statement sent.
+    /// Not so while a `COPY ... FROM STDIN` still sends its data: the server keeps nothing
+    /// of a `COPY` whose end never came.
+    fn error(&mut self, err: tokio_postgres::Error, may_have_run: bool) -> Error {
         self.conn.note(&err);
         if err.as_db_error().is_some() {
             self.ended = true;
         }
-        Error::Postgres(err)
+        let error = Error::Postgres(err);
+        if may_have_run && error.is_connection_lost() {
+            Error::OutcomeUnknown(Box::new(error))
+        } else {
+            error
+        }
     }
 }
 
@@ -191,6 +202,8 @@ impl Stream for CopyOutStream<'_> {
 pub struct CopyInSink<'a, T> {
     inner: Pin<Box<tokio_postgres::CopyInSink<T>>>,
     watch: Watch<'a>,
+    /// The end of the `COPY` was sent: the server may have written the data.
+    ending: bool,
 }
 
 impl<'a, T> CopyInSink<'a, T>
@@ -201,6 +214,7 @@ where
         CopyInSink {
             inner: Box::pin(inner),
             watch: Watch::new(conn),
+            ending: false,
         }
     }
 
@@ -209,7 +223,9 @@ where
     /// # Errors
     ///
     /// The server's error if the data was refused (nothing is written then), or the
-    /// connection's loss.
+    /// connection's loss as [`Error::OutcomeUnknown`]: the `COPY` may have been written.
+    /// (Lost while the data is being sent, the connection fails the [`Sink`] methods with a
+    /// plain lost-connection error instead: a `COPY` without its end writes nothing.)
     ///
     /// # Cancel safety
     ///
@@ -228,13 +244,30 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn finish(mut self) -> Result<u64, Error> {
-        match futures::future::poll_fn(|cx| self.inner.as_mut().poll_finish(cx)).await {
+        futures::future::poll_fn(|cx| self.poll_end(cx)).await
+    }
+
+    /// Sends what data is left, then the end of the `COPY`, and waits for the server's answer.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, Error>> {
+        if !self.ending {
+            // Until the end is on its way, a loss leaves nothing written. Once the data is
+            // flushed and the connection has room, `poll_finish` sends the end in this poll.
+            let room = match ready!(self.inner.as_mut().poll_flush(cx)) {
+                Ok(()) => ready!(self.inner.as_mut().poll_ready(cx)),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = room {
+                return Poll::Ready(Err(self.watch.error(err, false)));
+            }
+            self.ending = true;
+        }
+        Poll::Ready(match ready!(self.inner.as_mut().poll_finish(cx)) {
             Ok(rows) => {
                 self.watch.ended = true;
                 Ok(rows)
             }
-            Err(err) => Err(self.watch.error(err)),
-        }
+            Err(err) => Err(self.watch.error(err, true)),
+        })
     }
 }
 
@@ -253,7 +286,7 @@ where
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = self.get_mut();
         let ready = ready!(this.inner.as_mut().poll_ready(cx));
-        Poll::Ready(ready.map_err(|err| this.watch.error(err)))
+        Poll::Ready(ready.map_err(|err| this.watch.error(err, false)))
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Error> {
@@ -261,23 +294,16 @@ where
         this.inner
             .as_mut()
             .start_send(item)
-            .map_err(|err| this.watch.error(err))
+            .map_err(|err| this.watch.error(err, false))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = self.get_mut();
         let flushed = ready!(this.inner.as_mut().poll_flush(cx));
-        Poll::Ready(flushed.map_err(|err| this.watch.error(err)))
+        Poll::Ready(flushed.map_err(|err| this.watch.error(err, false)))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let this = self.get_mut();
-        match ready!(this.inner.as_mut().poll_close(cx)) {
-            Ok(()) => {
-                this.watch.ended = true;
-                Poll::Ready(Ok(()))
-            }
-            Err(err) => Poll::Ready(Err(this.watch.error(err))),
-        }
+        self.get_mut().poll_end(cx).map_ok(|_| ())
     }
 }

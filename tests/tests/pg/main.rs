@@ -7,11 +7,13 @@ mod api;
 mod faults;
 mod promises;
 mod shared;
+mod streams;
 
 use api::*;
 use faults::*;
 use promises::*;
 use shared::*;
+use streams::*;
 
 use momopool_pg::{PgConfig, PgPool};
 use momopool_tests::Rt;
@@ -100,6 +102,7 @@ momopool_tests::matrix!(
     discarded_connection_with_request_in_flight_closes,
     abandoned_statement_is_not_handed_on,
     copy_and_row_streams_round_trip,
+    streams_lost_midway_leave_the_outcome_unknown,
     unfinished_streams_and_raw_clients_are_not_handed_on,
     shared_mode_pipelines_on_few_connections,
     shared_mode_opens_a_lane_rather_than_queue_behind_work,
