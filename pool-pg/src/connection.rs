@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +30,14 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Row, Statement};
 pub(crate) struct Driver {
     closed: AtomicBool,
     server_gone: AtomicBool,
-    notifications: Mutex<Option<futures::channel::mpsc::UnboundedSender<Notification>>>,
+    /// Where a [`Listener`](crate::Listener)'s notifications go, and then how its connection
+    /// ended.
+    notifications: Mutex<Option<NotificationSender>>,
 }
+
+/// The driver's side of a [`Listener`](crate::Listener)'s stream.
+pub(crate) type NotificationSender =
+    futures::channel::mpsc::UnboundedSender<Result<Notification, Error>>;
 
 /// Drives a connection's socket on the runtime until the client is dropped or the server
 /// goes away, forwarding notifications and recording how it ended.
@@ -61,7 +68,7 @@ where
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
                         if let Some(sender) = &*sender {
-                            let _ = sender.unbounded_send(n);
+                            let _ = sender.unbounded_send(Ok(n));
                         }
                     }
                     Some(Ok(AsyncMessage::Notice(notice))) => {
@@ -77,9 +84,14 @@ where
                             state.server_gone.store(true, Ordering::SeqCst);
                         }
                         tracing::debug!(error = %err, "connection ended with an error");
-                        break;
+                        return Error::Postgres(err);
                     }
-                    None => break,
+                    None => {
+                        return Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the server closed the connection",
+                        ));
+                    }
                 }
             }
         };
@@ -87,15 +99,21 @@ where
             let _ = stopped.await;
             timer.sleep(DRIVER_GRACE).await;
         };
-        futures::future::select(std::pin::pin!(drive), std::pin::pin!(abandoned)).await;
+        let ended = match futures::future::select(pin!(drive), pin!(abandoned)).await {
+            futures::future::Either::Left((error, _)) => Some(error),
+            futures::future::Either::Right(_) => None,
+        };
         drop(connection);
         state.closed.store(true, Ordering::SeqCst);
-        // Ends any LISTEN stream.
-        state
+        // Ends any LISTEN stream, telling it why (unless our side closed the connection).
+        let listener = state
             .notifications
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        if let (Some(listener), Some(error)) = (listener, ended) {
+            let _ = listener.unbounded_send(Err(error));
+        }
     }));
     (driver, stop)
 }
@@ -1792,8 +1810,28 @@ impl Connection {
         self.broken.store(true, Ordering::Relaxed);
     }
 
+    /// Sends an empty query and waits for its answer, at most `within`: [`Error::Io`] of
+    /// kind `TimedOut` when none came by then (a silently dead connection, perhaps).
+    pub(crate) async fn ping(&self, within: Option<Duration>) -> Result<(), Error> {
+        match momopool::with_timeout(&*self.runtime, within, self.try_batch("")).await {
+            Ok(answer) => answer.map_err(|failure| failure.error),
+            Err(momopool::Elapsed) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "a ping got no answer within {:?}",
+                    within.unwrap_or_default()
+                ),
+            ))),
+        }
+    }
+
+    /// The runtime the connection's driver and timers run on.
+    pub(crate) fn runtime(&self) -> &Arc<dyn PgRuntime> {
+        &self.runtime
+    }
+
     /// Turns a statement method's failure into the error callers see.
-    fn settle<T>(outcome: Result<T, Failure>) -> Result<T, Error> {
+    pub(crate) fn settle<T>(outcome: Result<T, Failure>) -> Result<T, Error> {
         outcome.map_err(|failure| {
             if failure.sent && failure.error.is_connection_lost() {
                 Error::OutcomeUnknown(Box::new(failure.error))
@@ -1807,7 +1845,7 @@ impl Connection {
     pub(crate) async fn listen(
         &mut self,
         channel: &str,
-        sender: futures::channel::mpsc::UnboundedSender<Notification>,
+        sender: NotificationSender,
     ) -> Result<(), Error> {
         *self
             .driver

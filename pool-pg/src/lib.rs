@@ -5,6 +5,7 @@
 mod config;
 mod connection;
 mod error;
+mod listener;
 mod manager;
 mod pool;
 mod runtime;
@@ -18,8 +19,9 @@ pub mod throwaway;
 pub use config::{PgConfig, Recycling};
 pub use connection::{Connection, Transaction};
 pub use error::Error;
+pub use listener::Listener;
 pub use manager::PgManager;
-pub use pool::{CallOptions, Calls, Listener, Params, PgPool, PgPoolBuilder};
+pub use pool::{CallOptions, Calls, Params, PgPool, PgPoolBuilder};
 pub use runtime::{PgRuntime, Socket, default_runtime};
 pub use shared::SharedMode;
 pub use stream::{CopyInSink, CopyOutStream, RowStream};

@@ -5,17 +5,15 @@
 use crate::config::PgConfig;
 use crate::connection::{Connection, Failure, Keep, Transaction, TxFailure};
 use crate::error::{Error, outcome_unknown};
+use crate::listener::Listener;
 use crate::manager::PgManager;
 use crate::runtime::PgRuntime;
 use crate::shared::{Lanes, SharedMode};
-use futures::Stream;
 use momopool::{Manager, Pool, PoolBuilder, PoolConfig, Pooled, Runtime};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Notification, Row};
 
 /// Statement parameters, as tokio-postgres takes them.
 /// # Examples
@@ -918,18 +916,9 @@ impl PgPool {
         loop {
             attempt += 1;
             let mut conn = self.get().await?;
-            let limit = self.pool.config().recycle_timeout;
-            let error =
-                match momopool::with_timeout(&**self.pool.runtime(), limit, conn.try_batch(""))
-                    .await
-                {
-                    Ok(Ok(())) => return Ok(conn),
-                    Ok(Err(failure)) => failure.error,
-                    Err(momopool::Elapsed) => Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the ping got no answer within the recycle timeout",
-                    )),
-                };
+            let Err(error) = conn.ping(self.pool.config().recycle_timeout).await else {
+                return Ok(conn);
+            };
             Pooled::mark_broken(&mut conn);
             if attempt == 3 {
                 return Err(error);
@@ -938,9 +927,11 @@ impl PgPool {
     }
 
     /// Opens a dedicated connection (outside the pool's count) that listens on `channel` and
-    /// yields its notifications as a [`Stream`]. Add channels with
-    /// [`Listener::listen`]. The stream ends if the connection is lost. The connect and the
-    /// `LISTEN` together are bounded by the pool's create timeout.
+    /// yields its notifications as a [`Stream`](futures::Stream). Add channels with
+    /// [`Listener::listen`]. If the connection is lost, the stream yields that error, then
+    /// ends; a keepalive ping finds a connection gone silently dead ([`Listener::keepalive`],
+    /// answered within the pool's recycle timeout). The connect and the `LISTEN` together
+    /// are bounded by the pool's create timeout.
     ///
     /// # Errors
     ///
@@ -955,11 +946,11 @@ impl PgPool {
     ///
     /// ```no_run
     /// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
-    /// use futures::StreamExt;
+    /// use futures::TryStreamExt;
     ///
     /// let mut listener = pool.listen("jobs").await?;
     /// pool.execute("SELECT pg_notify('jobs', 'hello')", &[]).await?;
-    /// let note = listener.next().await.expect("a notification");
+    /// let note = listener.try_next().await?.expect("a notification");
     /// assert_eq!(note.payload(), "hello");
     /// # Ok(()) }
     /// ```
@@ -973,10 +964,7 @@ impl PgPool {
         });
         let limit = self.pool.config().create_timeout;
         match momopool::with_timeout(&**self.pool.runtime(), limit, open).await {
-            Ok(conn) => Ok(Listener {
-                conn: conn?,
-                notifications: rx,
-            }),
+            Ok(conn) => Ok(Listener::new(conn?, rx, self.pool.config().recycle_timeout)),
             Err(momopool::Elapsed) => Err(Error::ConnectTimeout {
                 after: limit.unwrap_or_default(),
             }),
@@ -1499,109 +1487,5 @@ impl Calls<'_> {
                 error
             });
         }
-    }
-}
-
-/// Notifications from `LISTEN`, on a dedicated connection; see [`PgPool::listen`].
-///
-/// # Examples
-///
-/// ```no_run
-/// # async fn f(pool: &momopool_pg::PgPool) -> Result<(), momopool_pg::Error> {
-///
-/// use futures::StreamExt;
-///
-/// let mut listener = pool.listen("jobs").await?;
-/// listener.listen("alerts").await?;
-/// while let Some(note) = listener.next().await {
-///     println!("{}: {}", note.channel(), note.payload());
-/// }
-/// # Ok(()) }
-/// ```
-pub struct Listener {
-    conn: Connection,
-    notifications: futures::channel::mpsc::UnboundedReceiver<Notification>,
-}
-
-impl std::fmt::Debug for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener")
-            .field("conn", &self.conn)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Listener {
-    /// Also listens on `channel`.
-    ///
-    /// # Errors
-    ///
-    /// The `LISTEN` error.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe; the channel may or may not be listened to.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn f(listener: &mut momopool_pg::Listener) -> Result<(), momopool_pg::Error> {
-    /// listener.listen("other_channel").await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn listen(&mut self, channel: &str) -> Result<(), Error> {
-        let sql = format!(
-            "LISTEN {}",
-            crate::sql::quote_identifier(channel)
-                .map_err(|e| Error::InvalidInput(e.to_string()))?
-        );
-        self.conn.batch_execute(&sql).await
-    }
-
-    /// Stops listening on `channel`.
-    ///
-    /// # Errors
-    ///
-    /// The `UNLISTEN` error.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe; the channel may or may not still be listened to.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn f(listener: &mut momopool_pg::Listener) -> Result<(), momopool_pg::Error> {
-    /// listener.unlisten("jobs").await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn unlisten(&mut self, channel: &str) -> Result<(), Error> {
-        let sql = format!(
-            "UNLISTEN {}",
-            crate::sql::quote_identifier(channel)
-                .map_err(|e| Error::InvalidInput(e.to_string()))?
-        );
-        self.conn.batch_execute(&sql).await
-    }
-
-    /// The backend serving this listener.
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # fn f(listener: &momopool_pg::Listener) {
-    /// println!("listening on backend {}", listener.backend_pid());
-    /// # }
-    /// ```
-    pub fn backend_pid(&self) -> i32 {
-        self.conn.backend_pid()
-    }
-}
-
-impl Stream for Listener {
-    type Item = Notification;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Notification>> {
-        Pin::new(&mut self.notifications).poll_next(cx)
     }
 }

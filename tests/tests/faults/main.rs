@@ -7,12 +7,14 @@
 //! ends on the invariants listed there (see [`finish`]).
 
 mod in_use;
+mod listen;
 mod more;
 mod opening;
 mod waiting;
 
 /// Every scenario, under one path for the wrappers [`matrix`] stamps out.
 use in_use::*;
+use listen::*;
 use more::*;
 use opening::*;
 use waiting::*;
@@ -301,6 +303,7 @@ momopool_tests::matrix!(
     b2_immediate_restart_under_query_loop,
     b3_silently_dead_idle_connections,
     b3_get_pinged_skips_a_silently_dead_connection,
+    b3_listener_keepalive_finds_a_silently_dead_connection,
     b1_idle_connection_closed_just_after_answering,
     b1_idle_shared_lane_closed_just_after_answering,
     b1_goodbye_arrives_as_the_first_answer,

@@ -514,7 +514,9 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         .unwrap();
     let note = rt.timeout(Duration::from_secs(5), listener.next()).await;
     assert_eq!(
-        note.flatten().map(|n| n.payload().to_string()).as_deref(),
+        note.flatten()
+            .map(|n| n.unwrap().payload().to_string())
+            .as_deref(),
         Some("f2")
     );
     let prepared: Vec<String> = unnamed

@@ -403,7 +403,8 @@ pub(crate) async fn listen_notify_stream(rt: Rt) {
             .timeout(Duration::from_secs(5), listener.next())
             .await
             .expect("a notification within 5 s")
-            .expect("the stream is open");
+            .expect("the stream is open")
+            .unwrap();
         assert_eq!(note.channel(), channel);
         assert_eq!(note.payload(), format!("job {i}"));
     }

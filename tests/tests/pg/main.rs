@@ -5,12 +5,14 @@
 
 mod api;
 mod faults;
+mod listen;
 mod promises;
 mod shared;
 mod streams;
 
 use api::*;
 use faults::*;
+use listen::*;
 use promises::*;
 use shared::*;
 use streams::*;
@@ -80,6 +82,7 @@ momopool_tests::matrix!(
     mogrify_renders_literals,
     json_and_hstore_round_trip,
     listen_notify_stream,
+    listener_reports_a_lost_connection,
     session_statements_run_on_every_connection,
     c8_returned_inside_transaction_is_rolled_back,
     c8_waiter_handed_a_connection_mid_transaction_gets_it_clean,

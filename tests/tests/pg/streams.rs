@@ -85,13 +85,19 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
         let pid = conn.backend_pid();
         let err = if case == "query_stream" {
             let mut rows = conn.query_stream(SLOW_ROWS, &[]).await.unwrap();
-            assert!(rows.next().await.unwrap().is_ok(), "[{who}] {case}: a first row");
+            assert!(
+                rows.next().await.unwrap().is_ok(),
+                "[{who}] {case}: a first row"
+            );
             terminate(&pool, pid).await;
             first_error(&rt, &mut rows).await
         } else {
             let sql = format!("COPY ({SLOW_ROWS}) TO STDOUT");
             let mut data = conn.copy_out(&sql).await.unwrap();
-            assert!(data.next().await.unwrap().is_ok(), "[{who}] {case}: a first chunk");
+            assert!(
+                data.next().await.unwrap().is_ok(),
+                "[{who}] {case}: a first chunk"
+            );
             terminate(&pool, pid).await;
             first_error(&rt, &mut data).await
         };
@@ -141,11 +147,21 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
     assert!(err.is_connection_lost(), "[{who}] copy_in data: {err:?}");
     // Its end is refused the same way.
     let err = sink.finish().await.unwrap_err();
-    assert!(!err.is_outcome_unknown(), "[{who}] copy_in finish after: {err:?}");
-    assert!(err.is_connection_lost(), "[{who}] copy_in finish after: {err:?}");
+    assert!(
+        !err.is_outcome_unknown(),
+        "[{who}] copy_in finish after: {err:?}"
+    );
+    assert!(
+        err.is_connection_lost(),
+        "[{who}] copy_in finish after: {err:?}"
+    );
     drop(conn);
 
-    assert_eq!(pg::count_rows(&pool, &table).await, 0, "[{who}] nothing written");
+    assert_eq!(
+        pg::count_rows(&pool, &table).await,
+        0,
+        "[{who}] nothing written"
+    );
     let one: i32 = pool.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "[{who}] the pool goes on");
     pg::drop_table(&pool, &table).await;
