@@ -930,17 +930,22 @@ const KEYWORD_MAX: usize = 10;
 fn statement_heads(sql: &str) -> impl Iterator<Item = ([u8; KEYWORD_MAX], usize, &[u8])> {
     statements(sql).map(|statement| {
         let (word, rest) = next_word(statement);
-        let mut lower = [0u8; KEYWORD_MAX];
-        let len = if word.len() <= KEYWORD_MAX {
-            for (to, from) in lower.iter_mut().zip(word) {
-                *to = from.to_ascii_lowercase();
-            }
-            word.len()
-        } else {
-            0
-        };
+        let (lower, len) = keyword(word);
         (lower, len, rest)
     })
+}
+
+/// `word` in lowercase and its length, or nothing (length 0) if it is longer than any keyword
+/// looked for.
+fn keyword(word: &[u8]) -> ([u8; KEYWORD_MAX], usize) {
+    let mut lower = [0u8; KEYWORD_MAX];
+    if word.len() > KEYWORD_MAX {
+        return (lower, 0);
+    }
+    for (to, from) in lower.iter_mut().zip(word) {
+        *to = from.to_ascii_lowercase();
+    }
+    (lower, word.len())
 }
 
 /// `sql` cut at each `;` that PostgreSQL would read as one: not inside a string literal (`E''`
@@ -1081,18 +1086,32 @@ pub(crate) fn may_drop_statements(sql: &str) -> bool {
 /// sharing the connection. A rough look that errs on the side of yes; a function of the
 /// caller's own that changes the session is not spotted.
 pub(crate) fn may_change_session(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    // Most statements are one statement and call nothing: their first word says it all,
+    // found without the lexer's care for where a statement ends.
+    if !bytes.iter().any(|&b| b == b';' || b == b'(') {
+        let (word, rest) = next_word(bytes);
+        let (lower, len) = keyword(word);
+        return changes_session(&lower[..len], rest);
+    }
     calls_session_function(sql)
-        || statement_heads(sql).any(|(word, len, rest)| match &word[..len] {
-            b"begin" | b"start" | b"commit" | b"rollback" | b"end" | b"abort" | b"savepoint"
-            | b"release" | b"set" | b"reset" | b"listen" | b"unlisten" | b"declare"
-            | b"prepare" | b"deallocate" | b"discard" | b"lock" | b"fetch" | b"move" | b"do"
-            | b"close" | b"copy" => true,
-            b"create" => {
-                let (next, _) = next_word(rest);
-                next.eq_ignore_ascii_case(b"temp") || next.eq_ignore_ascii_case(b"temporary")
-            }
-            _ => false,
-        })
+        || statement_heads(sql).any(|(word, len, rest)| changes_session(&word[..len], rest))
+}
+
+/// Whether a statement that starts with `keyword` (lowercase), followed by `rest`, may change
+/// the session's state; see [`may_change_session`].
+fn changes_session(keyword: &[u8], rest: &[u8]) -> bool {
+    match keyword {
+        b"begin" | b"start" | b"commit" | b"rollback" | b"end" | b"abort" | b"savepoint"
+        | b"release" | b"set" | b"reset" | b"listen" | b"unlisten" | b"declare" | b"prepare"
+        | b"deallocate" | b"discard" | b"lock" | b"fetch" | b"move" | b"do" | b"close"
+        | b"copy" => true,
+        b"create" => {
+            let (next, _) = next_word(rest);
+            next.eq_ignore_ascii_case(b"temp") || next.eq_ignore_ascii_case(b"temporary")
+        }
+        _ => false,
+    }
 }
 
 /// Whether `sql` calls, by name, a built-in function whose effect outlives its statement:
