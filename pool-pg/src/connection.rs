@@ -2319,14 +2319,18 @@ where
 /// its plan ("cached plan must not change result type", after a schema change, the one
 /// SQLSTATE 0A000 (feature not supported) error of that kind), or the statement itself, which
 /// the server no longer has (26000, after a `DISCARD ALL` or `DEALLOCATE` the connection did
-/// not see, say inside a `DO` block). For 0A000 the server function that raises it is checked
-/// first: unlike the message, it is never translated.
+/// not see, say inside a `DO` block). For 0A000 the server function that raised it must be
+/// the one that revalidates plans when the error names it (PostgreSQL always does); the
+/// message text, which may be translated, is never read. Without a name (a proxy that drops
+/// the field), any 0A000 counts: it is prepared again once, and a different error comes back
+/// as it was.
 fn is_stale_statement(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
             || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
-                && (db.routine() == Some("RevalidateCachedQuery")
-                    || db.message() == "cached plan must not change result type"))
+                && db
+                    .routine()
+                    .is_none_or(|routine| routine == "RevalidateCachedQuery"))
     })
 }
 
