@@ -1051,7 +1051,15 @@ impl Calls<'_> {
     /// Applies the retry rules (see [`PgPool`]) around `work`, in shared mode when the pool
     /// has lanes and the work allows it, else on a connection of its own.
     async fn run(&self, work: Work<'_>) -> Result<Done, Error> {
-        let deadline = self.started_deadline();
+        self.run_until(work, self.started_deadline()).await
+    }
+
+    /// [`run`](Calls::run), with the deadline (its length and start) given.
+    async fn run_until(
+        &self,
+        work: Work<'_>,
+        deadline: Option<(Duration, Instant)>,
+    ) -> Result<Done, Error> {
         let shared = match &self.pool.lanes {
             Some(lanes) if !self.options.exclusive && work.shareable() => Some(lanes),
             _ => None,
@@ -1328,12 +1336,21 @@ impl Calls<'_> {
     /// ```
     pub async fn callproc(&self, name: &str, args: Params<'_>) -> Result<Vec<Row>, Error> {
         let sql = crate::connection::callproc_sql(name, args.len())?;
-        match self.execute(&sql, args).await {
+        // One deadline for both attempts.
+        let deadline = self.started_deadline();
+        let rows = |done| match done {
+            Done::Rows(rows) => rows,
+            _ => unreachable!("rows work yields rows"),
+        };
+        match self.run_until(Work::Rows(&sql, args), deadline).await {
             Err(err) => match crate::connection::callproc_retyped(name, args, &err) {
-                Some(typed) => self.execute(&typed, args).await,
+                Some(typed) => self
+                    .run_until(Work::Rows(&typed, args), deadline)
+                    .await
+                    .map(rows),
                 None => Err(err),
             },
-            done => done,
+            done => done.map(rows),
         }
     }
 

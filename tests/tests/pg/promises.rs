@@ -682,6 +682,50 @@ pub(crate) async fn callproc_resolves_overloaded_names(rt: Rt) {
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42725"), "{err:?}");
     conn.batch_execute("ROLLBACK").await.unwrap();
+
+    // The second, retyped attempt runs within what is left of the call's deadline. Here the
+    // first waits 300 ms for the only connection and is refused; the second takes 400 ms.
+    let slow = format!("{app}_slow");
+    pool.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {slow}(x integer) RETURNS int LANGUAGE sql \
+         AS 'SELECT x FROM pg_sleep(0.4)'; \
+         CREATE OR REPLACE FUNCTION {slow}(x bigint) RETURNS int LANGUAGE sql \
+         AS 'SELECT 0 FROM pg_sleep(0.4)'"
+    ))
+    .await
+    .unwrap();
+    let one = pool_for(&rt, server.config(&app), |b| b.max_size(1)).await;
+    for (limit, in_time) in [
+        (Duration::from_millis(500), false),
+        (Duration::from_secs(5), true),
+    ] {
+        let held = one.get().await.unwrap();
+        let calls = one.with(CallOptions::new().timeout(limit));
+        let started = Instant::now();
+        let (called, ()) = futures::join!(calls.callproc(&slow, &[&7i32]), async {
+            rt.sleep(Duration::from_millis(300)).await;
+            drop(held);
+        });
+        let took = started.elapsed();
+        if in_time {
+            let rows = called.unwrap_or_else(|e| panic!("[{}] {e:?}", rt.name()));
+            assert_eq!(
+                rows[0].get::<_, i32>(0),
+                7,
+                "[{}] the integer one",
+                rt.name()
+            );
+        } else {
+            let err = called.expect_err("the call's deadline passes in its second attempt");
+            assert!(err.is_timeout(), "[{}] {err:?}", rt.name());
+            assert!(took <= limit + EPSILON, "[{}] took {took:?}", rt.name());
+        }
+    }
+    pool.batch_execute(&format!(
+        "DROP FUNCTION {slow}(integer); DROP FUNCTION {slow}(bigint)"
+    ))
+    .await
+    .unwrap();
 }
 
 /// A connection given back inside a transaction (left open by its borrower, or by a
