@@ -17,7 +17,7 @@ use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::config::TargetSessionAttrs;
@@ -289,9 +289,9 @@ struct Cached {
 /// rather than before every use.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Traits {
-    /// It leaves state the connection must be checked for before reuse
+    /// What it leaves that the connection must be checked for before reuse
     /// ([`Connection::dirties`]).
-    pub(crate) leaves_state: bool,
+    pub(crate) dirties: u8,
     /// It may drop the session's prepared statements ([`sql::may_drop_statements`]).
     pub(crate) drops_statements: bool,
 }
@@ -365,8 +365,9 @@ pub struct Connection {
     driver: Arc<Driver>,
     cache: Mutex<StatementCache>,
     backend_pid: i32,
-    /// Session state unknown (open transaction, raw client use): roll back before reuse.
-    dirty: AtomicBool,
+    /// What the next borrower must not see: bits [`MAY_BE_IN_TRANSACTION`] (roll back before
+    /// reuse) and [`NEEDS_RESET`] (run [`Recycling::Clean`] before reuse).
+    dirty: AtomicU8,
     /// A statement failed in a way that shows the connection is unusable.
     broken: AtomicBool,
     /// What the current transaction did may be committed: its `COMMIT`, or a statement
@@ -391,6 +392,12 @@ pub struct Connection {
     /// Dropped with the connection: tells the driver to finish.
     _stop: futures::channel::oneshot::Sender<()>,
 }
+
+/// [`Connection::dirty`]: a transaction may be open (a `ROLLBACK` goes first at reuse).
+const MAY_BE_IN_TRANSACTION: u8 = 1;
+/// [`Connection::dirty`]: the connection ran something since its last [`Recycling::Clean`]
+/// reset, which must run before reuse.
+const NEEDS_RESET: u8 = 2;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -576,7 +583,7 @@ impl Connection {
                 ..StatementCache::default()
             }),
             backend_pid: 0,
-            dirty: AtomicBool::new(false),
+            dirty: AtomicU8::new(0),
             broken: AtomicBool::new(false),
             past_commit: AtomicBool::new(false),
             raw_client: false,
@@ -650,13 +657,22 @@ impl Connection {
             || self.driver.closed.load(Ordering::SeqCst)
     }
 
-    /// Whether running `sql` leaves state the next borrower must not see, so the pool checks
-    /// the connection before reuse: a transaction it may open, and with
-    /// [`Recycling::Clean`] any statement at all, since that method promises to reset the
-    /// session and a statement can change it in ways its text does not show (a function
+    /// What running `sql` leaves that the next borrower must not see ([`Connection::dirty`]
+    /// bits), so the pool checks the connection before reuse: a transaction it may open, and
+    /// with [`Recycling::Clean`] any statement at all, since that method promises to reset
+    /// the session and a statement can change it in ways its text does not show (a function
     /// that takes an advisory lock or sets a setting).
-    fn dirties(&self, sql: &str) -> bool {
-        self.config.recycling == Recycling::Clean || sql::may_open_transaction(sql)
+    fn dirties(&self, sql: &str) -> u8 {
+        let reset = if self.config.recycling == Recycling::Clean {
+            NEEDS_RESET
+        } else {
+            0
+        };
+        if sql::may_open_transaction(sql) {
+            reset | MAY_BE_IN_TRANSACTION
+        } else {
+            reset
+        }
     }
 
     /// Ends the transaction a pooled connection may have been given back in, without waiting:
@@ -665,7 +681,7 @@ impl Connection {
     /// may be much later when other connections serve the load). The check at the next
     /// checkout still runs the recycling method.
     pub(crate) fn end_transaction_now(&mut self) {
-        if self.is_dirty() && !self.rollback_queued {
+        if self.may_be_in_transaction() && !self.rollback_queued {
             self.queue_rollback();
             self.rollback_queued = true;
         }
@@ -685,12 +701,29 @@ impl Connection {
         self.raw_client || self.is_closed()
     }
 
+    /// Whether the connection must be checked before reuse: it may be in a transaction, or
+    /// it needs the [`Recycling::Clean`] reset.
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Relaxed)
+        self.dirty.load(Ordering::Relaxed) != 0
     }
 
-    fn set_dirty(&self, dirty: bool) {
-        self.dirty.store(dirty, Ordering::Relaxed);
+    /// Whether a transaction may be open on the connection.
+    fn may_be_in_transaction(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed) & MAY_BE_IN_TRANSACTION != 0
+    }
+
+    /// Adds `bits` to [`Connection::dirty`].
+    fn mark(&self, bits: u8) {
+        if bits != 0 {
+            self.dirty.fetch_or(bits, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that the connection's transaction has ended (committed or rolled back). What
+    /// it did to the session stays marked for the [`Recycling::Clean`] reset.
+    fn transaction_ended(&self) {
+        self.dirty
+            .fetch_and(!MAY_BE_IN_TRANSACTION, Ordering::Relaxed);
     }
 
     /// Whether what the current transaction did may have been committed (see
@@ -709,7 +742,7 @@ impl Connection {
 
     /// Sends `BEGIN`, for a transaction of the connection's own.
     async fn begin(&self) -> Result<(), Failure> {
-        self.set_dirty(true);
+        self.mark(MAY_BE_IN_TRANSACTION);
         self.past_commit.store(false, Ordering::Relaxed);
         self.try_batch("BEGIN").await
     }
@@ -798,7 +831,7 @@ impl Connection {
         match tracked!(&self.broken, self.client.prepare(sql)) {
             Ok(stmt) => {
                 let traits = Traits {
-                    leaves_state: self.dirties(sql),
+                    dirties: self.dirties(sql),
                     drops_statements: sql::may_drop_statements(sql),
                 };
                 self.cache().insert(sql, stmt.clone(), traits);
@@ -830,9 +863,7 @@ impl Connection {
             self.note_end(sql);
         }
         if self.config.unnamed_statements {
-            if !in_transaction && self.dirties(sql) {
-                self.set_dirty(true);
-            }
+            self.mark(self.dirties(sql));
             if self.is_closed() {
                 return Err(Failure::unsent(closed_error(&self.client).await));
             }
@@ -852,9 +883,7 @@ impl Connection {
             return self.ran(outcome, Answer::InOrder).map_err(Failure::from);
         }
         let (mut stmt, traits) = self.prepare_cached(sql).await?;
-        if traits.leaves_state && !in_transaction {
-            self.set_dirty(true);
-        }
+        self.mark(traits.dirties);
         let params = || params.iter().map(|p| *p as &dyn ToSql);
         let mut prepared_again = false;
         loop {
@@ -950,9 +979,7 @@ impl Connection {
     /// server's goodbye first); there is no bind acknowledgement here to tell a goodbye that
     /// arrived after the request left.
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
-        if self.dirties(sql) {
-            self.set_dirty(true);
-        }
+        self.mark(self.dirties(sql));
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
@@ -1178,16 +1205,12 @@ impl Connection {
             return Err(closed_error(&self.client).await);
         }
         let started = if self.config.unnamed_statements {
-            if self.dirties(sql) {
-                self.set_dirty(true);
-            }
+            self.mark(self.dirties(sql));
             let typed = params.iter().copied().zip(infer_types(params)?);
             tracked!(&self.broken, self.client.query_typed_raw(sql, typed))
         } else {
             let (stmt, traits) = Self::settle(self.prepare_cached(sql).await)?;
-            if traits.leaves_state {
-                self.set_dirty(true);
-            }
+            self.mark(traits.dirties);
             let params = params.iter().copied();
             match tracked!(&self.broken, self.client.query_raw(&stmt, params.clone())) {
                 Err(err) if is_stale_statement(&err) => {
@@ -1326,7 +1349,7 @@ impl Connection {
         let sql = callproc_sql(name, args.len())?;
         match self.query(&sql, args).await {
             // Retried only outside a transaction: the refused statement aborted any around it.
-            Err(err) if !self.is_dirty() => match callproc_retyped(name, args, &err) {
+            Err(err) if !self.may_be_in_transaction() => match callproc_retyped(name, args, &err) {
                 Some(typed) => self.query(&typed, args).await,
                 None => Err(err),
             },
@@ -1462,6 +1485,7 @@ impl Connection {
     ) -> impl Stream<Item = Result<Row, Error>> + Send + 'a {
         // Borrow the fields separately: the transaction holds the client, and the stream
         // still clears the dirty flag once the transaction has ended cleanly.
+        let reset = self.dirties("") & NEEDS_RESET;
         let Connection {
             client,
             dirty,
@@ -1469,8 +1493,11 @@ impl Connection {
             ..
         } = self;
         let (dirty, broken) = (&*dirty, &*broken);
-        // Clean means no transaction can be open; else the server is asked first.
-        let may_be_in_transaction = dirty.swap(true, Ordering::Relaxed);
+        // Unless a transaction may be open, none is; else the server is asked first.
+        let may_be_in_transaction = dirty
+            .fetch_or(MAY_BE_IN_TRANSACTION | reset, Ordering::Relaxed)
+            & MAY_BE_IN_TRANSACTION
+            != 0;
         enum State<'t> {
             Start(&'t mut Client),
             Open(tokio_postgres::Transaction<'t>, tokio_postgres::Portal),
@@ -1528,7 +1555,7 @@ impl Connection {
                         drop(portal);
                         match tx.commit().await {
                             Ok(()) => {
-                                dirty.store(false, Ordering::Relaxed);
+                                dirty.fetch_and(!MAY_BE_IN_TRANSACTION, Ordering::Relaxed);
                                 None
                             }
                             Err(err) => {
@@ -1667,18 +1694,18 @@ impl Connection {
                 self.commit()
                     .await
                     .map_err(|failure| classify(failure.error, failure.sent))?;
-                self.set_dirty(false);
+                self.transaction_ended();
                 Ok(value)
             }
             Ok(Err(error)) => {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
-                    self.set_dirty(false);
+                    self.transaction_ended();
                 }
                 Err(classify(error, self.past_commit()))
             }
             Err(panic) => {
                 if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
-                    self.set_dirty(false);
+                    self.transaction_ended();
                 }
                 std::panic::resume_unwind(panic)
             }
@@ -1705,14 +1732,14 @@ impl Connection {
                     // before it stays, and the list must not run again.
                     failure.sent = self.past_commit();
                     if !self.is_closed() && self.try_batch("ROLLBACK").await.is_ok() {
-                        self.set_dirty(false);
+                        self.transaction_ended();
                     }
                     return Err(failure);
                 }
             }
         }
         self.commit().await?;
-        self.set_dirty(false);
+        self.transaction_ended();
         Ok(results)
     }
 
@@ -1723,7 +1750,7 @@ impl Connection {
             return Err(closed_error(&self.client).await);
         }
         let queued = std::mem::take(&mut self.rollback_queued);
-        if self.is_dirty() && !queued {
+        if self.may_be_in_transaction() && !queued {
             self.client.batch_execute("ROLLBACK").await?;
         }
         let recycling = self.config.recycling.clone();
@@ -1753,7 +1780,7 @@ impl Connection {
                 outcome?;
             }
         }
-        self.set_dirty(false);
+        self.dirty.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1913,7 +1940,7 @@ struct RollBackIfAbandoned<'a> {
 impl Drop for RollBackIfAbandoned<'_> {
     fn drop(&mut self) {
         self.conn.queue_rollback();
-        self.conn.set_dirty(false);
+        self.conn.transaction_ended();
     }
 }
 

@@ -874,4 +874,34 @@ pub(crate) async fn clean_recycling_resets_even_a_quick_reuse(rt: Rt) {
     pool.batch_execute(&format!("DROP FUNCTION {lock}()"))
         .await
         .unwrap();
+
+    // A setting changed for the session inside a transaction outlives its COMMIT: reset too.
+    pool.transaction_with(|tx| {
+        Box::pin(async move {
+            tx.batch_execute("SET search_path TO pg_catalog").await?;
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let path: String = pool
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, default, "[{}] reset after a transaction", rt.name());
+
+    // Nothing that could open a transaction ran: the reset goes out alone, with no ROLLBACK
+    // queued ahead of it (which would only earn a warning), and a held connection still
+    // retries an overloaded `callproc` with typed arguments.
+    let admin = admin_pool(&rt, &app).await;
+    pool.execute("SELECT 'plain'", &[]).await.unwrap();
+    rt.sleep(Duration::from_millis(300)).await;
+    assert_eq!(last_statement(&admin, &app).await, "SELECT 'plain'", "[{}]", rt.name());
+    let mut conn = pool.get().await.unwrap();
+    let rows = conn
+        .callproc("generate_series", &[&1i32, &2i32])
+        .await
+        .unwrap_or_else(|e| panic!("[{}] {e:?}", rt.name()));
+    assert_eq!(rows.len(), 2, "[{}]", rt.name());
 }
