@@ -62,6 +62,7 @@ pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
         .build_eager()
         .await
         .unwrap();
+    let seen = watch(&rt, &pool);
     let insert = format!("INSERT INTO {table} SELECT 1 FROM pg_sleep(0.5)");
     let inserter = {
         let (pool, insert) = (pool.clone(), insert.clone());
@@ -100,6 +101,7 @@ pub(crate) async fn c2_backend_killed_mid_statement(rt: Rt) {
         "[{}] the killed INSERT left nothing",
         rt.name()
     );
+    finish(&rt, &pool, &admin, &app, seen).await;
     pg::drop_table(&admin, &table).await;
 }
 
@@ -257,19 +259,49 @@ pub(crate) async fn b1_goodbye_arrives_as_the_first_answer(rt: Rt) {
     finish(&rt, &pool, &admin, &app, seen).await;
 }
 
-/// C2: the network cuts a connection after N bytes, here in the middle of a statement. The
-/// caller gets a connection-lost error (outcome unknown once sent), the statement is never
-/// replayed, and the pool heals on new connections.
+/// How many times statements took a value from `sequence` (sequences are not transactional:
+/// a statement that ran, even one rolled back with its lost connection, leaves its mark).
+async fn times_run(admin: &PgPool, sequence: &str) -> i64 {
+    admin
+        .query_one(
+            &format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading {sequence}: {e}"))
+        .get(0)
+}
+
+/// C2: the network cuts a connection after N bytes (a reset both ways), twice:
+///
+/// 1. inside the request: the statement (a 20 kB parameter) never fully reached the server,
+///    so it provably never ran (its sequence was never called, no row). The client cannot
+///    know how much of what it wrote was delivered, so an unknown outcome is the honest
+///    answer; a plain connection-lost error is acceptable only because the server shows the
+///    statement never ran.
+/// 2. inside the reply: the whole request reached the server (the statement took its
+///    sequence value) and the connection died while the answer (20 kB) came back: the error
+///    must be "outcome unknown", and the statement is not replayed (the sequence was called
+///    exactly once).
+///
+/// Then the pool heals on new connections.
 pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
     let server = pg::shared();
     let proxy = proxy_to(server);
     let table = unique(&rt, "c2_cut");
     let app = table.clone();
     let admin = admin_for(&rt, server, &app).await;
-    pg::fresh_table(&admin, &table, "x int, filler text").await;
+    pg::fresh_table(&admin, &table, "x bigint, filler text").await;
+    let sequence = format!("{table}_seq");
+    admin
+        .batch_execute(&format!(
+            "DROP SEQUENCE IF EXISTS {sequence}; CREATE SEQUENCE {sequence}"
+        ))
+        .await
+        .unwrap();
 
     // Learn how many bytes a connection's start-up takes, then cut new connections a little
-    // after that: inside the first large statement.
+    // after that: 2 000 bytes into their first statements.
     let probe = builder(&rt, via(server, &proxy, &app))
         .min_size(1)
         .max_size(1)
@@ -280,33 +312,75 @@ pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
     let startup = stats.bytes_up + stats.bytes_down;
     drop(probe);
     proxy.cut_after_bytes(startup + 2_000);
+    let cut_pool = |app: &str| {
+        builder(&rt, via(server, &proxy, app))
+            .min_size(1)
+            .max_size(2)
+            .configure(|b| b.wait_timeout(Duration::from_secs(5)))
+            .build_eager()
+    };
 
-    let pool = builder(&rt, via(server, &proxy, &app))
-        .min_size(1)
-        .max_size(2)
-        .configure(|b| b.wait_timeout(Duration::from_secs(5)))
-        .build_eager()
-        .await
-        .unwrap();
+    // 1. Cut inside the request.
+    let pool = cut_pool(&app).await.unwrap();
     let seen = watch(&rt, &pool);
     let filler = "x".repeat(20_000);
-    let insert = format!("INSERT INTO {table} VALUES (1, $1)");
+    let insert = format!("INSERT INTO {table} VALUES (nextval('{sequence}'), $1)");
     let started = Instant::now();
     let err = within(
         &rt,
         Duration::from_secs(3),
-        "the cut statement",
+        "the statement cut in its request",
         pool.execute_count(&insert, &[&filler]),
     )
     .await
-    .expect_err("the connection was cut mid-statement");
+    .expect_err("the connection was cut mid-request");
     assert!(started.elapsed() < Duration::from_secs(1) + EPSILON);
     assert!(
-        err.is_outcome_unknown() || err.is_connection_lost(),
+        err.is_connection_lost(),
         "[{}] expected a lost connection, got {err:?}",
         rt.name()
     );
+    // Long enough for a replay, had there been one, to have reached the server.
     rt.sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        times_run(&admin, &sequence).await,
+        0,
+        "[{}] the request was cut before it was whole, yet the statement ran ({err:?})",
+        rt.name()
+    );
+    assert_eq!(pg::count_rows(&admin, &table).await, 0, "[{}]", rt.name());
+
+    // 2. Cut inside the reply: a request of a few hundred bytes, an answer of 20 kB.
+    // A pool of its own, with an application_name of its own for `finish`.
+    let app2 = format!("{app}_reply");
+    let pool2 = cut_pool(&app2).await.unwrap();
+    let seen2 = watch(&rt, &pool2);
+    let returning = format!(
+        "INSERT INTO {table} VALUES (nextval('{sequence}'), repeat('y', 20000)) \
+         RETURNING filler"
+    );
+    let err = within(
+        &rt,
+        Duration::from_secs(3),
+        "the statement cut in its reply",
+        pool2.execute(&returning, &[]),
+    )
+    .await
+    .expect_err("the connection was cut mid-reply");
+    rt.sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        times_run(&admin, &sequence).await,
+        1,
+        "[{}] the statement reached the server once and was never replayed ({err:?})",
+        rt.name()
+    );
+    assert!(
+        err.is_outcome_unknown(),
+        "[{}] the request had been sent whole: expected an unknown outcome, got {err:?}",
+        rt.name()
+    );
+    assert!(err.is_connection_lost(), "[{}] {err:?}", rt.name());
+    // The server may have committed it or rolled it back with the lost connection.
     assert!(
         pg::count_rows(&admin, &table).await <= 1,
         "[{}] replayed",
@@ -315,7 +389,13 @@ pub(crate) async fn c2_connection_cut_after_n_bytes(rt: Rt) {
 
     proxy.pass();
     pool.execute_count(&insert, &[&"healed"]).await.unwrap();
+    pool2.execute_count(&insert, &[&"healed"]).await.unwrap();
     finish(&rt, &pool, &admin, &app, seen).await;
+    finish(&rt, &pool2, &admin, &app2, seen2).await;
+    admin
+        .batch_execute(&format!("DROP SEQUENCE {sequence}"))
+        .await
+        .unwrap();
     pg::drop_table(&admin, &table).await;
 }
 
@@ -406,6 +486,7 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         .build_eager()
         .await
         .unwrap();
+    let seen = watch(&rt, &pool);
     let statement = "SELECT $1::int + 1";
     let old: i32 = pool
         .query_one("SELECT pg_backend_pid()", &[])
@@ -438,16 +519,21 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         .unwrap()
         .get(0);
     assert_ne!(new, old);
+    finish(&rt, &pool, &admin, &app, seen).await;
 
     // Clean recycling resets the session but keeps prepared statements, and the cache with
     // them: the cached statement still works after every reset.
-    let clean = builder(&rt, server.config(&app).recycling(Recycling::Clean))
+    // Each pool reports an application_name of its own, for the end-of-scenario check of
+    // the server's backends.
+    let clean_app = format!("{app}_clean");
+    let clean = builder(&rt, server.config(&clean_app).recycling(Recycling::Clean))
         .min_size(1)
         .max_size(1)
         .configure(|b| b.validation(Validation::Always))
         .build_eager()
         .await
         .unwrap();
+    let clean_seen = watch(&rt, &clean);
     for i in 0..3 {
         assert_eq!(
             clean
@@ -458,15 +544,18 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
             i + 1
         );
     }
+    finish(&rt, &clean, &admin, &clean_app, clean_seen).await;
 
     // The no-cache mode through every kind of call.
     let table = unique(&rt, "f2_nocache");
-    let unnamed = builder(&rt, server.config(&app).unnamed_statements(true))
+    let unnamed_app = format!("{app}_unnamed");
+    let unnamed = builder(&rt, server.config(&unnamed_app).unnamed_statements(true))
         .min_size(1)
         .max_size(1)
         .build_eager()
         .await
         .unwrap();
+    let unnamed_seen = watch(&rt, &unnamed);
     pg::fresh_table(&unnamed, &table, "x int").await;
     let insert = format!("INSERT INTO {table} VALUES ($1)");
     assert_eq!(unnamed.execute_count(&insert, &[&1i32]).await.unwrap(), 1);
@@ -531,6 +620,8 @@ pub(crate) async fn f2_statements_never_cross_connections(rt: Rt) {
         "[{}] named statements left behind: {prepared:?}",
         rt.name()
     );
+    drop(listener);
+    finish(&rt, &unnamed, &admin, &unnamed_app, unnamed_seen).await;
     pg::drop_table(&admin, &table).await;
 }
 
@@ -555,6 +646,7 @@ pub(crate) async fn b2_immediate_restart_under_query_loop(rt: Rt) {
         .build_eager()
         .await
         .unwrap();
+    let seen = watch(&rt, &pool);
     let stop = Arc::new(AtomicBool::new(false));
     let failed_after = Arc::new(AtomicUsize::new(0));
     let back = Arc::new(AtomicBool::new(false));
@@ -609,6 +701,8 @@ pub(crate) async fn b2_immediate_restart_under_query_loop(rt: Rt) {
     );
     let status = pool.inner().status();
     assert!(status.size >= 2 && status.size <= 4, "{status:?}");
+    let admin = admin_for(&rt, &server, &app).await;
+    finish(&rt, &pool, &admin, &app, seen).await;
 }
 
 /// The server closes sessions idle longer than `idle_session_timeout` (FATAL 57P05). The pool

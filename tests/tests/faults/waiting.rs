@@ -38,6 +38,16 @@ pub(crate) async fn d7_fifo_fairness(rt: Rt) {
         callers.push(caller());
         rt.sleep(stagger).await;
     }
+    // A plain 100 ms sleep beside the impatient waiter: how late this runtime's own timer
+    // fires at that moment (the load of the machine), which no pool can do better than.
+    let reference = {
+        let rt2 = rt.clone();
+        rt.spawn(async move {
+            let at = Instant::now();
+            rt2.sleep(Duration::from_millis(100)).await;
+            at.elapsed()
+        })
+    };
     let impatient = {
         let pool = pool.clone();
         rt.spawn(async move {
@@ -60,9 +70,21 @@ pub(crate) async fn d7_fifo_fairness(rt: Rt) {
     )
     .await;
     let err = outcome.expect_err("both connections are busy for 0.2 s");
+    // faults.md D7: the waiter fails in [0.1, 0.15] s. The 50 ms of the spec are the pool's
+    // own slack; on a loaded machine the only extra allowed is how late the runtime's plain
+    // timer was at the same moment (not the crate's 250 ms EPSILON, which would allow 0.4 s).
+    let lateness = within(
+        &rt,
+        Duration::from_secs(2),
+        "the reference sleep",
+        reference,
+    )
+    .await
+    .saturating_sub(Duration::from_millis(100));
     assert!(
-        took >= Duration::from_millis(100) && took < Duration::from_millis(150) + EPSILON,
-        "[{}] the impatient waiter failed after {took:?}",
+        took >= Duration::from_millis(100) && took <= Duration::from_millis(150) + lateness,
+        "[{}] the impatient waiter failed after {took:?}; expected [100 ms, 150 ms] (+ {lateness:?}, \
+         how late a plain 100 ms sleep was at the same moment)",
         rt.name()
     );
     let PoolError::Timeout(timeout) = &err else {

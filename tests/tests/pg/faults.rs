@@ -5,8 +5,8 @@ use momopool::Removal;
 use momopool_pg::throwaway::StopMode;
 use momopool_pg::{Connection, Error, PgConfig, PgPool};
 use momopool_tests::{Rt, pg};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 async fn backend_pids(admin: &PgPool, app: &str) -> Vec<i32> {
@@ -22,6 +22,93 @@ async fn backend_pids(admin: &PgPool, app: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Samples a pool's status every few milliseconds in a task of its own, checking at every
+/// sample that it adds up (`size = idle + in_use + creating`) and stays within `max_size`: the
+/// first invariant of `shared/faults.md`, for the scenarios of this file.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    violation: Arc<Mutex<Option<String>>>,
+    task: momopool_tests::Task<()>,
+}
+
+fn sample(rt: &Rt, pool: &PgPool) -> Sampler {
+    let stop = Arc::new(AtomicBool::new(false));
+    let violation = Arc::new(Mutex::new(None));
+    let task = {
+        let (stop, violation, pool, rt2) =
+            (stop.clone(), violation.clone(), pool.clone(), rt.clone());
+        rt.spawn(async move {
+            loop {
+                let s = pool.inner().status();
+                let adds_up = s.size == s.idle + s.in_use + s.creating;
+                if !adds_up || s.size > s.max_size {
+                    violation.lock().unwrap().get_or_insert(format!("{s:?}"));
+                }
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                rt2.sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    Sampler {
+        stop,
+        violation,
+        task,
+    }
+}
+
+/// The invariants every scenario of `shared/faults.md` ends on, once its fault is gone: every
+/// sampled status added up within `max_size`; nobody is left waiting or holding a connection;
+/// a final `get()` succeeds; the server's backends for `app` match the pool's size (after a
+/// short settle).
+async fn end_of_scenario(rt: &Rt, pool: &PgPool, admin: &PgPool, app: &str, sampler: Sampler) {
+    sampler.stop.store(true, Ordering::SeqCst);
+    if rt
+        .timeout(Duration::from_secs(5), sampler.task)
+        .await
+        .is_none()
+    {
+        panic!("[{}] the status sampler did not stop", rt.name());
+    }
+    if let Some(bad) = sampler.violation.lock().unwrap().take() {
+        panic!(
+            "[{}] a status sample did not add up or exceeded max_size: {bad}",
+            rt.name()
+        );
+    }
+    momopool_tests::assert_accounting(pool.inner());
+    rt.wait_until(Duration::from_secs(5), "no caller left in the pool", || {
+        let s = pool.inner().status();
+        s.in_use == 0 && s.waiting == 0
+    })
+    .await;
+    let conn = rt
+        .timeout(
+            Duration::from_secs(5),
+            pool.inner().get_timeout(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap_or_else(|| panic!("[{}] the final get() hung", rt.name()))
+        .unwrap_or_else(|e| panic!("[{}] final get() failed: {e}", rt.name()));
+    drop(conn);
+    momopool_tests::assert_accounting(pool.inner());
+    let started = Instant::now();
+    loop {
+        let status = pool.inner().status();
+        let n = backend_pids(admin, app).await.len();
+        if status.creating == 0 && n == status.size && pool.inner().status() == status {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "[{}] the server runs {n} backends for {app}, the pool has {status:?}",
+            rt.name()
+        );
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// B1: every idle connection is terminated by the server; four queries after that all
 /// succeed on new backends, and the pool counts the lost connections.
 pub(crate) async fn b1_terminated_backends_are_replaced_without_errors(rt: Rt) {
@@ -33,6 +120,7 @@ pub(crate) async fn b1_terminated_backends_are_replaced_without_errors(rt: Rt) {
         b.max_size(1)
     })
     .await;
+    let sampler = sample(&rt, &pool);
     let before = backend_pids(&admin, &app).await;
     assert_eq!(before.len(), 4);
 
@@ -73,6 +161,7 @@ pub(crate) async fn b1_terminated_backends_are_replaced_without_errors(rt: Rt) {
         "[{}] the pool counts the lost connections: {stats:?}",
         rt.name()
     );
+    end_of_scenario(&rt, &pool, &admin, &app, sampler).await;
 }
 
 // The destructive cluster's lock is held for the whole test on purpose: it serializes the
@@ -159,50 +248,89 @@ pub(crate) async fn bad_inputs_give_typed_errors_fast(rt: Rt) {
     assert_eq!(eager.unwrap_err().code().map(|c| c.code()), Some("28P01"));
 }
 
-/// B2: a fast restart of the cluster under a query loop; the pool recovers by itself.
+/// B2: a fast restart of the cluster under eight tasks querying every 10 ms (max 4
+/// connections). Errors only for the statements in flight at the restart: each connection
+/// carries at most one statement, so at most `max_size` (4) callers fail, and each with an
+/// error saying the connection was lost (callers waiting for a connection meanwhile keep
+/// waiting, within their 30 s deadline, rather than fail). The first call once the server is
+/// back succeeds (no stale connection handed out), no error after that, the pool refills to
+/// `min_size`, and the end-of-scenario invariants hold.
+///
+/// `pg_ctl restart` runs in a child process polled from the runtime, so the query loop runs
+/// during the restart on every runtime (a blocking wait would freeze a current-thread runtime,
+/// and nothing would be in flight when the server went down).
 #[allow(clippy::await_holding_lock)]
 pub(crate) async fn b2_fast_restart_under_query_loop(rt: Rt) {
+    const MAX_SIZE: usize = 4;
     let server = pg::destructive();
     let cluster = server.cluster().expect("the destructive server is ours");
     let app = unique(&rt, "b2");
     let pool = pool_for(&rt, server.config(&app), |b| {
         b.min_size(2)
-            .max_size(4)
+            .max_size(MAX_SIZE)
+            .wait_timeout(Duration::from_secs(30))
             .reconnect_interval(Duration::from_millis(50))
             .reconnect_max(Duration::from_millis(500))
     })
     .await;
     pool.inner().warm_up().await.unwrap();
+    let sampler = sample(&rt, &pool);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let pool = pool.clone();
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
             let rt2 = rt.clone();
             rt.spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     match pool
-                        .with(momopool_pg::CallOptions::new().timeout(Duration::from_secs(5)))
+                        .with(momopool_pg::CallOptions::new().timeout(Duration::from_secs(30)))
                         .execute("SELECT 1", &[])
                         .await
                     {
-                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
-                        Err(_) => failed.fetch_add(1, Ordering::SeqCst),
-                    };
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            let lost = e.is_connection_lost();
+                            errors.lock().unwrap().push(format!("lost={lost}: {e:?}"));
+                        }
+                    }
                     rt2.sleep(Duration::from_millis(10)).await;
                 }
             })
         })
         .collect();
     rt.sleep(Duration::from_millis(300)).await;
+    assert!(
+        ok.load(Ordering::SeqCst) > 0,
+        "[{}] the loop runs",
+        rt.name()
+    );
 
-    // pg_ctl blocks this thread while the server restarts; on the multi-threaded runtimes
-    // the query loop keeps running meanwhile.
-    cluster.restart(StopMode::Fast).expect("restart");
-    let failed_at_restart = failed.load(Ordering::SeqCst);
+    let mut pg_ctl = cluster
+        .restart_in_background(StopMode::Fast)
+        .expect("start pg_ctl restart");
+    let started = Instant::now();
+    loop {
+        match pg_ctl.try_wait().expect("poll pg_ctl") {
+            Some(exit) => {
+                assert!(exit.success(), "pg_ctl restart failed: {exit}");
+                break;
+            }
+            None => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "pg_ctl restart still running after 60 s"
+                );
+                rt.sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let restart_took = started.elapsed();
 
     // The first call after the server is back succeeds: no stale connection handed out.
     let row = pool.query_one("SELECT 1", &[]).await;
@@ -212,28 +340,54 @@ pub(crate) async fn b2_fast_restart_under_query_loop(rt: Rt) {
         rt.name(),
         row.err()
     );
+    let failed_when_back = errors.lock().unwrap().len();
     rt.sleep(Duration::from_millis(500)).await;
     let ok_before = ok.load(Ordering::SeqCst);
-    let failed_before = failed.load(Ordering::SeqCst);
     rt.sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     for task in tasks {
         task.await;
     }
+    let errors = std::mem::take(&mut *errors.lock().unwrap());
     assert!(
         ok.load(Ordering::SeqCst) > ok_before,
-        "queries keep succeeding"
+        "[{}] queries keep succeeding",
+        rt.name()
     );
     assert_eq!(
-        failed.load(Ordering::SeqCst),
-        failed_before,
-        "[{}] no errors once the server is back ({failed_at_restart} around the restart)",
+        errors.len(),
+        failed_when_back,
+        "[{}] errors once the server was back: {errors:#?}",
+        rt.name()
+    );
+    assert!(
+        errors.len() <= MAX_SIZE,
+        "[{}] {} callers failed across a {restart_took:?} restart, more than the {MAX_SIZE} \
+         statements that can be in flight at once: {errors:#?}",
+        rt.name(),
+        errors.len()
+    );
+    assert!(
+        errors.iter().all(|e| e.starts_with("lost=true")),
+        "[{}] every error says the connection was lost: {errors:#?}",
+        rt.name()
+    );
+    let stats = pool.inner().statistics();
+    let lost = stats.closed.get(Removal::Broken) + stats.closed.get(Removal::FailedCheck);
+    assert!(
+        lost >= 2,
+        "[{}] the restart closed the pool's connections: {stats:?}",
         rt.name()
     );
     rt.wait_until(Duration::from_secs(5), "refilled to min_size", || {
         pool.inner().status().size >= 2
     })
     .await;
+    let admin = pool_for(&rt, server.config(&format!("{app}_admin")), |b| {
+        b.max_size(1)
+    })
+    .await;
+    end_of_scenario(&rt, &pool, &admin, &app, sampler).await;
 }
 
 /// Several hosts are tried in order; `target_session_attrs=read-write` skips a read-only one.

@@ -4,6 +4,7 @@
 //! what proves the PostgreSQL side needs none.
 
 mod api;
+mod coverage;
 mod faults;
 mod listen;
 mod promises;
@@ -11,6 +12,7 @@ mod shared;
 mod streams;
 
 use api::*;
+use coverage::*;
 use faults::*;
 use listen::*;
 use promises::*;
@@ -74,6 +76,9 @@ pub(crate) fn unique(rt: &Rt, test: &str) -> String {
 }
 
 momopool_tests::matrix!(
+    g7_detached_connection_leaves_the_pool,
+    dsn_only_constructors_connect,
+    password_never_appears_in_logs,
     tutorial_end_to_end,
     cursor_dropped_early_leaves_the_pool_clean,
     cursor_refuses_to_run_inside_the_callers_transaction,
