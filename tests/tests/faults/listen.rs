@@ -82,3 +82,47 @@ pub(crate) async fn b3_listener_keepalive_finds_a_silently_dead_connection(rt: R
     .get(0);
     assert_eq!(one, 1, "[{who}]");
 }
+
+/// A3 for a listener: a server that accepts but never answers. `listen` gives up within the
+/// pool's create timeout, with a timeout error, and the pool's own connections go on.
+pub(crate) async fn a3_listen_to_a_deaf_server_times_out(rt: Rt) {
+    const CREATE_WITHIN: Duration = Duration::from_millis(400);
+    let server = pg::shared();
+    let proxy = proxy_to(server);
+    let app = unique(&rt, "a3_listen");
+    let pool = builder(&rt, via(server, &proxy, &app))
+        .min_size(1)
+        .max_size(2)
+        .configure(|b| b.create_timeout(CREATE_WITHIN))
+        .build_eager()
+        .await
+        .unwrap();
+    let who = rt.name();
+    proxy.deaf();
+    let started = Instant::now();
+    let err = within(
+        &rt,
+        Duration::from_secs(5),
+        "listen",
+        pool.listen("a3_listen"),
+    )
+    .await
+    .expect_err("nothing answers");
+    let took = started.elapsed();
+    assert!(err.is_timeout(), "[{who}] {err:?}");
+    assert!(
+        took <= CREATE_WITHIN + EPSILON,
+        "[{who}] gave up after {took:?}"
+    );
+    proxy.pass();
+    let one: i32 = within(
+        &rt,
+        Duration::from_secs(10),
+        "a query",
+        pool.query_one("SELECT 1", &[]),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(one, 1, "[{who}]");
+}
