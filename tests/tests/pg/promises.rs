@@ -897,7 +897,12 @@ pub(crate) async fn clean_recycling_resets_even_a_quick_reuse(rt: Rt) {
     let admin = admin_pool(&rt, &app).await;
     pool.execute("SELECT 'plain'", &[]).await.unwrap();
     rt.sleep(Duration::from_millis(300)).await;
-    assert_eq!(last_statement(&admin, &app).await, "SELECT 'plain'", "[{}]", rt.name());
+    assert_eq!(
+        last_statement(&admin, &app).await,
+        "SELECT 'plain'",
+        "[{}]",
+        rt.name()
+    );
     let mut conn = pool.get().await.unwrap();
     let rows = conn
         .callproc("generate_series", &[&1i32, &2i32])
