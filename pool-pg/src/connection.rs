@@ -89,7 +89,7 @@ where
                     None => {
                         return Error::Io(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
-                            "the server closed the connection",
+                            "the connection was closed",
                         ));
                     }
                 }
@@ -103,9 +103,9 @@ where
             futures::future::Either::Left((error, _)) => Some(error),
             futures::future::Either::Right(_) => None,
         };
-        drop(connection);
         state.closed.store(true, Ordering::SeqCst);
-        // Ends any LISTEN stream, telling it why (unless our side closed the connection).
+        // Ends any LISTEN stream, telling it why (unless our side closed the connection),
+        // before the requests still waiting fail with tokio-postgres's plainer "closed".
         let listener = state
             .notifications
             .lock()
@@ -114,6 +114,7 @@ where
         if let (Some(listener), Some(error)) = (listener, ended) {
             let _ = listener.unbounded_send(Err(error));
         }
+        drop(connection);
     }));
     (driver, stop)
 }
@@ -1263,6 +1264,7 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
+        self.mark(self.dirties(sql));
         match tracked!(&self.broken, self.client.copy_out(sql)) {
             Ok(data) => Ok(CopyOutStream::new(data, self)),
             Err(err) => {
@@ -1306,6 +1308,7 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
+        self.mark(self.dirties(sql));
         match tracked!(&self.broken, self.client.copy_in(sql)) {
             Ok(sink) => Ok(CopyInSink::new(sink, self)),
             Err(err) => {

@@ -13,7 +13,7 @@ use futures::Stream;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::future::BoxFuture;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tokio_postgres::Notification;
@@ -56,12 +56,17 @@ pub struct Listener {
 struct Keepalive {
     /// `None`: never ping.
     quiet: Option<Duration>,
-    /// How long a ping may wait for its answer (`None`: as long as it takes).
+    /// How long a ping may wait for its answer (`None`: as long as `quiet`).
     answer_within: Option<Duration>,
     /// When the server was last heard from: a notification or a ping's answer.
     heard: Instant,
-    state: KeepaliveState,
+    /// In a mutex only so that the listener is `Sync`, which its futures are not. It is only
+    /// ever reached through `&mut`, with `get_mut`, which takes no lock.
+    state: Mutex<KeepaliveState>,
 }
+
+/// The shortest quiet time [`Listener::keepalive`] accepts.
+const MIN_QUIET: Duration = Duration::from_millis(10);
 
 enum KeepaliveState {
     /// Not yet started, or turned off.
@@ -97,7 +102,7 @@ impl Listener {
                 quiet: Some(QUIET_BEFORE_PING),
                 answer_within,
                 heard: Instant::now(),
-                state: KeepaliveState::Off,
+                state: Mutex::new(KeepaliveState::Off),
             },
             ended: false,
         }
@@ -153,9 +158,10 @@ impl Listener {
     }
 
     /// Pings the server whenever the listener has heard nothing from it for `quiet` (30 s
-    /// unless set), while the stream is polled; `None` turns the pings off. A ping
-    /// unanswered within the pool's recycle timeout ends the stream with an error: the
-    /// connection went silently dead, and the notifications with it.
+    /// unless set; at least 10 ms), while the stream is polled; `None` turns the pings off.
+    /// A ping unanswered within the pool's recycle timeout (or within `quiet`, if the pool
+    /// has none) ends the stream with an error: the connection went silently dead, and the
+    /// notifications with it. A ping already on its way is waited for.
     ///
     /// # Examples
     ///
@@ -165,8 +171,16 @@ impl Listener {
     /// # }
     /// ```
     pub fn keepalive(&mut self, quiet: Option<Duration>) {
-        self.keepalive.quiet = quiet;
-        self.keepalive.state = KeepaliveState::Off;
+        self.keepalive.quiet = quiet.map(|quiet| quiet.max(MIN_QUIET));
+        let state = self
+            .keepalive
+            .state
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A ping in flight is left to finish: dropped, it would mark the connection broken.
+        if matches!(state, KeepaliveState::Sleeping(_)) {
+            *state = KeepaliveState::Off;
+        }
     }
 
     /// The backend serving this listener.
@@ -184,31 +198,42 @@ impl Listener {
 
     /// Drives the keepalive: `Pending` while all is well, the ping's error once it failed.
     fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
-        let keepalive = &mut self.keepalive;
-        let Some(quiet) = keepalive.quiet else {
-            return Poll::Pending;
-        };
+        let Keepalive {
+            quiet,
+            answer_within,
+            heard,
+            state,
+        } = &mut self.keepalive;
+        let state = state.get_mut().unwrap_or_else(PoisonError::into_inner);
         loop {
-            match &mut keepalive.state {
+            match state {
                 KeepaliveState::Off => {
-                    keepalive.state = KeepaliveState::Sleeping(self.conn.runtime().sleep(quiet));
+                    let Some(quiet) = *quiet else {
+                        return Poll::Pending;
+                    };
+                    *state = KeepaliveState::Sleeping(self.conn.runtime().sleep(quiet));
                 }
                 KeepaliveState::Sleeping(sleep) => {
+                    let Some(quiet) = *quiet else {
+                        *state = KeepaliveState::Off;
+                        return Poll::Pending;
+                    };
                     ready!(sleep.as_mut().poll(cx));
-                    let heard = keepalive.heard.elapsed();
-                    keepalive.state = if heard < quiet {
-                        KeepaliveState::Sleeping(self.conn.runtime().sleep(quiet - heard))
+                    let silent = heard.elapsed();
+                    *state = if silent < quiet {
+                        KeepaliveState::Sleeping(self.conn.runtime().sleep(quiet - silent))
                     } else {
-                        KeepaliveState::Pinging(ping(&self.conn, keepalive.answer_within))
+                        let within = answer_within.unwrap_or(quiet);
+                        KeepaliveState::Pinging(ping(&self.conn, within))
                     };
                 }
                 KeepaliveState::Pinging(answer) => {
-                    if let Err(err) = ready!(answer.as_mut().poll(cx)) {
-                        keepalive.state = KeepaliveState::Off;
-                        return Poll::Ready(err);
+                    let answered = ready!(answer.as_mut().poll(cx));
+                    *state = KeepaliveState::Off;
+                    match answered {
+                        Ok(()) => *heard = Instant::now(),
+                        Err(err) => return Poll::Ready(err),
                     }
-                    keepalive.heard = Instant::now();
-                    keepalive.state = KeepaliveState::Sleeping(self.conn.runtime().sleep(quiet));
                 }
             }
         }
@@ -216,10 +241,22 @@ impl Listener {
 }
 
 /// A ping of `conn`'s server, as a future of its own.
-fn ping(conn: &Arc<Connection>, within: Option<Duration>) -> BoxFuture<'static, Result<(), Error>> {
+fn ping(conn: &Arc<Connection>, within: Duration) -> BoxFuture<'static, Result<(), Error>> {
     let conn = Arc::clone(conn);
-    Box::pin(async move { conn.ping(within).await })
+    Box::pin(async move { conn.ping(Some(within)).await })
 }
+
+/// A listener can be shared and sent, and so can its `listen` futures: it is used from
+/// spawned tasks.
+const _: () = {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    #[allow(dead_code)]
+    fn check(listener: &mut Listener) {
+        send_sync(&*listener);
+        send(&listener.listen("channel"));
+    }
+};
 
 impl Stream for Listener {
     type Item = Result<Notification, Error>;

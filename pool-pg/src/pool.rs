@@ -1342,13 +1342,14 @@ impl Calls<'_> {
             Done::Rows(rows) => rows,
             _ => unreachable!("rows work yields rows"),
         };
+        let time_left = || deadline.is_none_or(|(limit, started)| started.elapsed() < limit);
         match self.run_until(Work::Rows(&sql, args), deadline).await {
             Err(err) => match crate::connection::callproc_retyped(name, args, &err) {
-                Some(typed) => self
+                Some(typed) if time_left() => self
                     .run_until(Work::Rows(&typed, args), deadline)
                     .await
                     .map(rows),
-                None => Err(err),
+                _ => Err(err),
             },
             done => done.map(rows),
         }

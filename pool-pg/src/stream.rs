@@ -286,7 +286,7 @@ where
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = self.get_mut();
         let ready = ready!(this.inner.as_mut().poll_ready(cx));
-        Poll::Ready(ready.map_err(|err| this.watch.error(err, false)))
+        Poll::Ready(ready.map_err(|err| this.watch.error(err, this.ending)))
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Error> {
@@ -294,13 +294,13 @@ where
         this.inner
             .as_mut()
             .start_send(item)
-            .map_err(|err| this.watch.error(err, false))
+            .map_err(|err| this.watch.error(err, this.ending))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let this = self.get_mut();
         let flushed = ready!(this.inner.as_mut().poll_flush(cx));
-        Poll::Ready(flushed.map_err(|err| this.watch.error(err, false)))
+        Poll::Ready(flushed.map_err(|err| this.watch.error(err, this.ending)))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {

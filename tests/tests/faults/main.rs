@@ -304,7 +304,6 @@ momopool_tests::matrix!(
     b3_silently_dead_idle_connections,
     b3_get_pinged_skips_a_silently_dead_connection,
     b3_listener_keepalive_finds_a_silently_dead_connection,
-    a3_listen_to_a_deaf_server_times_out,
     b1_idle_connection_closed_just_after_answering,
     b1_idle_shared_lane_closed_just_after_answering,
     b1_goodbye_arrives_as_the_first_answer,

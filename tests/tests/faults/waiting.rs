@@ -71,8 +71,10 @@ pub(crate) async fn d7_fifo_fairness(rt: Rt) {
     .await;
     let err = outcome.expect_err("both connections are busy for 0.2 s");
     // faults.md D7: the waiter fails in [0.1, 0.15] s. The 50 ms of the spec are the pool's
-    // own slack; on a loaded machine the only extra allowed is how late the runtime's plain
-    // timer was at the same moment (not the crate's 250 ms EPSILON, which would allow 0.4 s).
+    // own slack; on a loaded machine the extra allowed is how late the runtime's plain timer
+    // was at the same moment, plus one task wake-up more than the reference needs (the
+    // pool's timer wakes the waiter), not the crate's 250 ms EPSILON (which allowed 0.4 s).
+    const HOP: Duration = Duration::from_millis(25);
     let lateness = within(
         &rt,
         Duration::from_secs(2),
@@ -82,7 +84,7 @@ pub(crate) async fn d7_fifo_fairness(rt: Rt) {
     .await
     .saturating_sub(Duration::from_millis(100));
     assert!(
-        took >= Duration::from_millis(100) && took <= Duration::from_millis(150) + lateness,
+        took >= Duration::from_millis(100) && took <= Duration::from_millis(150) + lateness + HOP,
         "[{}] the impatient waiter failed after {took:?}; expected [100 ms, 150 ms] (+ {lateness:?}, \
          how late a plain 100 ms sleep was at the same moment)",
         rt.name()

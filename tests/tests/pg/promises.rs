@@ -4,6 +4,7 @@
 //! error.
 
 use crate::{EPSILON, drop_once_waiting, pool_for, unique};
+use futures::TryStreamExt;
 use momopool::Validation;
 use momopool_pg::{CallOptions, Connection, Error, PgConfig, PgPool, Recycling};
 use momopool_tests::{Rt, pg};
@@ -890,6 +891,24 @@ pub(crate) async fn clean_recycling_resets_even_a_quick_reuse(rt: Rt) {
         .unwrap()
         .get(0);
     assert_eq!(path, default, "[{}] reset after a transaction", rt.name());
+
+    // A `COPY` runs a query too: a setting it changes is reset as well.
+    let mut conn = pool.get().await.unwrap();
+    let copied: Vec<_> = conn
+        .copy_out("COPY (SELECT set_config('application_name', 'copied', false)) TO STDOUT")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(copied.concat(), b"copied\n", "[{}]", rt.name());
+    drop(conn);
+    let setting: String = pool
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, app, "[{}] reset after a COPY", rt.name());
 
     // Nothing that could open a transaction ran: the reset goes out alone, with no ROLLBACK
     // queued ahead of it (which would only earn a warning), and a held connection still
