@@ -970,6 +970,16 @@ fn statements(sql: &str) -> impl Iterator<Item = &[u8]> {
                     start = token.end;
                     return Some(statement);
                 }
+                // A backslash in a plain literal ends it early where the server runs with
+                // `standard_conforming_strings = off`: `'a\'';` is a finished literal there.
+                // Read either way, that text is cut at every `;` from here on.
+                Some(Ok(token))
+                    if token.kind == TokenKind::Literal
+                        && bytes[token.start] == b'\''
+                        && bytes[token.start..token.end].contains(&b'\\') =>
+                {
+                    rough = true;
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) => rough = true,
                 None => {
@@ -1201,6 +1211,11 @@ mod transaction_tests {
         assert!(!may_open_transaction("SELECT ';begin'"));
         assert!(!may_open_transaction("SELECT \"a;begin\" FROM t"));
         assert!(may_open_transaction("SELECT 'it''s; fine'; BEGIN"));
+        // With `standard_conforming_strings = off` the server reads `'a\''` as a finished
+        // literal, and runs the `BEGIN`: a backslash in a plain literal makes every `;` cut.
+        assert!(may_open_transaction("SELECT 'a\\''; BEGIN; --'"));
+        // An escape string means the same to either setting.
+        assert!(!may_open_transaction("SELECT E'a\\'; BEGIN'"));
         // Quotes inside dollar quotes and escaped ones hide nothing after them.
         assert!(may_open_transaction("SELECT $$it's$$; BEGIN"));
         assert!(may_open_transaction("SELECT E'\\''; BEGIN"));
