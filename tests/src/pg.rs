@@ -208,3 +208,17 @@ pub async fn drop_table(pool: &momopool_pg::PgPool, table: &str) {
         .await
         .unwrap_or_else(|e| panic!("dropping {table}: {e}"));
 }
+
+/// Ends the backend `pid` through `pool` and waits (up to 5 s) until it has exited.
+///
+/// # Panics
+///
+/// If the server refuses, or no backend `pid` was running.
+pub async fn terminate(pool: &momopool_pg::PgPool, pid: i32) {
+    let ended: bool = pool
+        .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+        .await
+        .unwrap_or_else(|e| panic!("terminating backend {pid}: {e}"))
+        .get(0);
+    assert!(ended, "backend {pid} was running");
+}

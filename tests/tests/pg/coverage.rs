@@ -143,12 +143,7 @@ pub(crate) async fn g7_detached_connection_leaves_the_pool(rt: Rt) {
     // not notice.
     let before = pool.inner().status();
     let stats_before = pool.inner().statistics();
-    let terminated: bool = admin
-        .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(terminated);
+    pg::terminate(&admin, pid).await;
     let err = within(
         &rt,
         Duration::from_secs(5),
@@ -315,24 +310,21 @@ pub(crate) async fn dsn_only_constructors_connect(rt: Rt) {
         "postgresql://[::1",
     ] {
         let started = Instant::now();
-        let err = Connection::connect(bad)
-            .await
-            .map(drop)
-            .expect_err("a malformed DSN");
-        assert!(
-            matches!(err, Error::Config(_)),
-            "[{}] Connection::connect({bad:?}): {err:?}",
-            rt.name()
-        );
-        let err = PgPool::connect(bad)
-            .await
-            .map(drop)
-            .expect_err("a malformed DSN");
-        assert!(
-            matches!(err, Error::Config(_)),
-            "[{}] PgPool::connect({bad:?}): {err:?}",
-            rt.name()
-        );
+        let refused = [
+            (
+                "Connection::connect",
+                Connection::connect(bad).await.map(drop),
+            ),
+            ("PgPool::connect", PgPool::connect(bad).await.map(drop)),
+        ];
+        for (how, outcome) in refused {
+            let err = outcome.expect_err("a malformed DSN");
+            assert!(
+                matches!(err, Error::Config(_)),
+                "[{}] {how}({bad:?}): {err:?}",
+                rt.name()
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_millis(500),
             "[{}] {bad:?}: a malformed DSN fails before any network: {:?}",
@@ -494,15 +486,9 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
     assert_eq!(eager.code().map(|c| c.code()), Some("3D000"), "{eager}");
     shown.push(format!("{eager:?}"));
     shown.push(eager.to_string());
-    let lazy = PgPool::builder(failing)
-        .shared_runtime(rt.pg_runtime())
-        .min_size(0)
-        .build()
-        .unwrap();
-    let err = lazy.execute("SELECT 1", &[]).await.unwrap_err();
+    let err = first_call_error(&rt, failing).await;
     shown.push(format!("{err:?}"));
     shown.push(err.to_string());
-    lazy.close();
 
     // The wrong password for the role that must give one (SCRAM over TCP).
     let wrong = format!(
@@ -518,16 +504,10 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
     shown.push(format!("{err:?}"));
     shown.push(err.to_string());
-    let lazy = PgPool::builder(wrong_config)
-        .shared_runtime(rt.pg_runtime())
-        .min_size(0)
-        .build()
-        .unwrap();
-    let err = lazy.execute("SELECT 1", &[]).await.unwrap_err();
+    let err = first_call_error(&rt, wrong_config).await;
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
     shown.push(format!("{err:?}"));
     shown.push(err.to_string());
-    lazy.close();
 
     // Malformed DSNs that hold the password.
     for bad in [
@@ -569,4 +549,16 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
         "[{}] the password appears in log lines: {leaks:#?}",
         rt.name()
     );
+}
+
+/// The error the first call through a lazy pool on `config` gets.
+async fn first_call_error(rt: &Rt, config: PgConfig) -> momopool_pg::Error {
+    let lazy = PgPool::builder(config)
+        .shared_runtime(rt.pg_runtime())
+        .min_size(0)
+        .build()
+        .unwrap();
+    let err = lazy.execute("SELECT 1", &[]).await.unwrap_err();
+    lazy.close();
+    err
 }

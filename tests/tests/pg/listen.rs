@@ -13,6 +13,25 @@ async fn next(
     rt.timeout(Duration::from_secs(10), listener.next()).await
 }
 
+/// Sends `payload` on `channel` through `pool`, and checks that `listener` hears it.
+async fn hears(
+    rt: &Rt,
+    pool: &momopool_pg::PgPool,
+    listener: &mut momopool_pg::Listener,
+    channel: &str,
+    payload: &str,
+) {
+    pool.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+        .await
+        .unwrap();
+    let note = next(rt, listener)
+        .await
+        .expect("a notification within 10 s")
+        .expect("the stream is open")
+        .unwrap_or_else(|e| panic!("[{}] {e:?}", rt.name()));
+    assert_eq!(note.payload(), payload, "[{}]", rt.name());
+}
+
 /// A listener whose backend is terminated yields a lost-connection error, then ends; a new
 /// listener then hears what is sent.
 pub(crate) async fn listener_reports_a_lost_connection(rt: Rt) {
@@ -21,26 +40,9 @@ pub(crate) async fn listener_reports_a_lost_connection(rt: Rt) {
     let channel = unique(&rt, "listen_lost");
     let who = rt.name();
     let mut listener = pool.listen(&channel).await.unwrap();
-    pool.execute("SELECT pg_notify($1, 'before')", &[&channel])
-        .await
-        .unwrap();
-    let note = next(&rt, &mut listener)
-        .await
-        .expect("a notification within 10 s");
-    assert_eq!(
-        note.expect("the stream is open").unwrap().payload(),
-        "before"
-    );
+    hears(&rt, &pool, &mut listener, &channel, "before").await;
 
-    let ended: bool = pool
-        .query_one(
-            "SELECT pg_terminate_backend($1)",
-            &[&listener.backend_pid()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ended, "[{who}] the listener's backend was running");
+    pg::terminate(&pool, listener.backend_pid()).await;
     let err = next(&rt, &mut listener)
         .await
         .expect("the loss reported within 10 s")
@@ -56,14 +58,5 @@ pub(crate) async fn listener_reports_a_lost_connection(rt: Rt) {
     assert!(end.is_none(), "[{who}] the stream ends after its error");
 
     let mut listener = pool.listen(&channel).await.unwrap();
-    pool.execute("SELECT pg_notify($1, 'after')", &[&channel])
-        .await
-        .unwrap();
-    let note = next(&rt, &mut listener)
-        .await
-        .expect("a notification within 10 s");
-    assert_eq!(
-        note.expect("the stream is open").unwrap().payload(),
-        "after"
-    );
+    hears(&rt, &pool, &mut listener, &channel, "after").await;
 }

@@ -11,16 +11,6 @@ use std::time::Duration;
 const SLOW_ROWS: &str = "SELECT g, repeat('x', 20000) FROM generate_series(1, 40) g \
                          WHERE g < 20 OR pg_sleep(30) IS NULL";
 
-/// Ends the backend `pid` from another of the pool's connections.
-async fn terminate(pool: &PgPool, pid: i32) {
-    let ended: bool = pool
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ended, "backend {pid} was running");
-}
-
 /// Waits until the backend `pid` sleeps in `pg_sleep`.
 async fn until_sleeping(rt: &Rt, pool: &PgPool, pid: i32) {
     for _ in 0..500 {
@@ -89,7 +79,7 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
                 rows.next().await.unwrap().is_ok(),
                 "[{who}] {case}: a first row"
             );
-            terminate(&pool, pid).await;
+            pg::terminate(&pool, pid).await;
             first_error(&rt, &mut rows).await
         } else {
             let sql = format!("COPY ({SLOW_ROWS}) TO STDOUT");
@@ -98,7 +88,7 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
                 data.next().await.unwrap().is_ok(),
                 "[{who}] {case}: a first chunk"
             );
-            terminate(&pool, pid).await;
+            pg::terminate(&pool, pid).await;
             first_error(&rt, &mut data).await
         };
         assert!(err.is_outcome_unknown(), "[{who}] {case}: {err:?}");
@@ -115,7 +105,7 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
     sink.send(&b"1\n0\n"[..]).await.unwrap();
     let (finished, ()) = futures::join!(sink.finish(), async {
         until_sleeping(&rt, &pool, pid).await;
-        terminate(&pool, pid).await;
+        pg::terminate(&pool, pid).await;
     });
     let err = finished.unwrap_err();
     assert!(err.is_outcome_unknown(), "[{who}] copy_in finish: {err:?}");
@@ -130,7 +120,7 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
         .await
         .unwrap();
     sink.send(&b"2\n"[..]).await.unwrap();
-    terminate(&pool, pid).await;
+    pg::terminate(&pool, pid).await;
     let sending = async {
         loop {
             if let Err(err) = sink.send(&b"3\n"[..]).await {
