@@ -664,15 +664,20 @@ impl Connection {
     /// the session and a statement can change it in ways its text does not show (a function
     /// that takes an advisory lock or sets a setting).
     fn dirties(&self, sql: &str) -> u8 {
-        let reset = if self.config.recycling == Recycling::Clean {
+        if sql::may_open_transaction(sql) {
+            self.any_use() | MAY_BE_IN_TRANSACTION
+        } else {
+            self.any_use()
+        }
+    }
+
+    /// What any use of the connection leaves: with [`Recycling::Clean`], the need for its
+    /// reset ([`Connection::dirties`]).
+    fn any_use(&self) -> u8 {
+        if self.config.recycling == Recycling::Clean {
             NEEDS_RESET
         } else {
             0
-        };
-        if sql::may_open_transaction(sql) {
-            reset | MAY_BE_IN_TRANSACTION
-        } else {
-            reset
         }
     }
 
@@ -711,6 +716,11 @@ impl Connection {
     /// Whether a transaction may be open on the connection.
     fn may_be_in_transaction(&self) -> bool {
         self.dirty.load(Ordering::Relaxed) & MAY_BE_IN_TRANSACTION != 0
+    }
+
+    /// Marks the connection for what running `sql` leaves ([`Connection::dirties`]).
+    fn mark_for(&self, sql: &str) {
+        self.mark(self.dirties(sql));
     }
 
     /// Adds `bits` to [`Connection::dirty`].
@@ -864,7 +874,7 @@ impl Connection {
             self.note_end(sql);
         }
         if self.config.unnamed_statements {
-            self.mark(self.dirties(sql));
+            self.mark_for(sql);
             if self.is_closed() {
                 return Err(Failure::unsent(closed_error(&self.client).await));
             }
@@ -980,7 +990,7 @@ impl Connection {
     /// server's goodbye first); there is no bind acknowledgement here to tell a goodbye that
     /// arrived after the request left.
     pub(crate) async fn try_batch(&self, sql: &str) -> Result<(), Failure> {
-        self.mark(self.dirties(sql));
+        self.mark_for(sql);
         if self.is_closed() {
             return Err(Failure::unsent(closed_error(&self.client).await));
         }
@@ -1206,7 +1216,7 @@ impl Connection {
             return Err(closed_error(&self.client).await);
         }
         let started = if self.config.unnamed_statements {
-            self.mark(self.dirties(sql));
+            self.mark_for(sql);
             let typed = params.iter().copied().zip(infer_types(params)?);
             tracked!(&self.broken, self.client.query_typed_raw(sql, typed))
         } else {
@@ -1264,7 +1274,7 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
-        self.mark(self.dirties(sql));
+        self.mark_for(sql);
         match tracked!(&self.broken, self.client.copy_out(sql)) {
             Ok(data) => Ok(CopyOutStream::new(data, self)),
             Err(err) => {
@@ -1308,7 +1318,7 @@ impl Connection {
         if self.is_closed() {
             return Err(closed_error(&self.client).await);
         }
-        self.mark(self.dirties(sql));
+        self.mark_for(sql);
         match tracked!(&self.broken, self.client.copy_in(sql)) {
             Ok(sink) => Ok(CopyInSink::new(sink, self)),
             Err(err) => {
@@ -1488,7 +1498,7 @@ impl Connection {
     ) -> impl Stream<Item = Result<Row, Error>> + Send + 'a {
         // Borrow the fields separately: the transaction holds the client, and the stream
         // still clears the dirty flag once the transaction has ended cleanly.
-        let reset = self.dirties("") & NEEDS_RESET;
+        let reset = self.any_use();
         let Connection {
             client,
             dirty,
@@ -1865,7 +1875,7 @@ impl Connection {
     }
 
     /// Turns a statement method's failure into the error callers see.
-    pub(crate) fn settle<T>(outcome: Result<T, Failure>) -> Result<T, Error> {
+    fn settle<T>(outcome: Result<T, Failure>) -> Result<T, Error> {
         outcome.map_err(|failure| {
             if failure.sent && failure.error.is_connection_lost() {
                 Error::OutcomeUnknown(Box::new(failure.error))
@@ -1886,11 +1896,13 @@ impl Connection {
             .notifications
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(sender);
-        let sql = format!(
-            "LISTEN {}",
-            sql::quote_identifier(channel).map_err(invalid)?
-        );
-        self.batch_execute(&sql).await
+        self.listen_command("LISTEN", channel).await
+    }
+
+    /// Runs `command` (`LISTEN` or `UNLISTEN`) on `channel`, quoted as an identifier.
+    pub(crate) async fn listen_command(&self, command: &str, channel: &str) -> Result<(), Error> {
+        let channel = sql::quote_identifier(channel).map_err(invalid)?;
+        Self::settle(self.try_batch(&format!("{command} {channel}")).await)
     }
 }
 

@@ -126,7 +126,7 @@ impl Listener {
     /// # Ok(()) }
     /// ```
     pub async fn listen(&mut self, channel: &str) -> Result<(), Error> {
-        self.run("LISTEN", channel).await
+        self.conn.listen_command("LISTEN", channel).await
     }
 
     /// Stops listening on `channel`.
@@ -147,14 +147,7 @@ impl Listener {
     /// # Ok(()) }
     /// ```
     pub async fn unlisten(&mut self, channel: &str) -> Result<(), Error> {
-        self.run("UNLISTEN", channel).await
-    }
-
-    /// Runs `command` (`LISTEN` or `UNLISTEN`) on `channel`, quoted as an identifier.
-    async fn run(&self, command: &str, channel: &str) -> Result<(), Error> {
-        let channel = crate::sql::quote_identifier(channel)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
-        Connection::settle(self.conn.try_batch(&format!("{command} {channel}")).await)
+        self.conn.listen_command("UNLISTEN", channel).await
     }
 
     /// Pings the server whenever the listener has heard nothing from it for `quiet` (30 s

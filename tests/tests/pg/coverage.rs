@@ -457,8 +457,7 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
         .execute("SELECT no_such_column", &[])
         .await
         .unwrap_err();
-    shown.push(format!("{err:?}"));
-    shown.push(err.to_string());
+    shown.extend(both_ways(&err));
     admin
         .execute("SELECT pg_terminate_backend($1, 5000)", &[&pid])
         .await
@@ -484,11 +483,9 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
         .map(drop)
         .expect_err("the database does not exist");
     assert_eq!(eager.code().map(|c| c.code()), Some("3D000"), "{eager}");
-    shown.push(format!("{eager:?}"));
-    shown.push(eager.to_string());
+    shown.extend(both_ways(&eager));
     let err = first_call_error(&rt, failing).await;
-    shown.push(format!("{err:?}"));
-    shown.push(err.to_string());
+    shown.extend(both_ways(&err));
 
     // The wrong password for the role that must give one (SCRAM over TCP).
     let wrong = format!(
@@ -502,12 +499,10 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
         .map(drop)
         .expect_err("a wrong password");
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
-    shown.push(format!("{err:?}"));
-    shown.push(err.to_string());
+    shown.extend(both_ways(&err));
     let err = first_call_error(&rt, wrong_config).await;
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
-    shown.push(format!("{err:?}"));
-    shown.push(err.to_string());
+    shown.extend(both_ways(&err));
 
     // Malformed DSNs that hold the password.
     for bad in [
@@ -518,8 +513,7 @@ pub(crate) async fn password_never_appears_in_logs(rt: Rt) {
     ] {
         let err = PgConfig::from_dsn(&bad).map(drop).expect_err("malformed");
         assert!(matches!(err, Error::Config(_)), "{err:?}");
-        shown.push(format!("{err:?}"));
-        shown.push(err.to_string());
+        shown.extend(both_ways(&err));
     }
     // An application logs what it was given to show.
     for text in &shown {
@@ -561,4 +555,9 @@ async fn first_call_error(rt: &Rt, config: PgConfig) -> momopool_pg::Error {
     let err = lazy.execute("SELECT 1", &[]).await.unwrap_err();
     lazy.close();
     err
+}
+
+/// How `err` shows: its `Debug` and its `Display`.
+fn both_ways(err: &momopool_pg::Error) -> [String; 2] {
+    [format!("{err:?}"), err.to_string()]
 }

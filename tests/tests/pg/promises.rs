@@ -910,6 +910,26 @@ pub(crate) async fn clean_recycling_resets_even_a_quick_reuse(rt: Rt) {
         .get(0);
     assert_eq!(setting, app, "[{}] reset after a COPY", rt.name());
 
+    // So does a cursor's query, in the transaction the cursor runs in.
+    let mut conn = pool.get().await.unwrap();
+    let rows: Vec<_> = conn
+        .cursor(
+            "SELECT set_config('application_name', 'cursored', false)",
+            &[],
+            10,
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "[{}]", rt.name());
+    drop(conn);
+    let setting: String = pool
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, app, "[{}] reset after a cursor", rt.name());
+
     // Nothing that could open a transaction ran: the reset goes out alone, with no ROLLBACK
     // queued ahead of it (which would only earn a warning), and a held connection still
     // retries an overloaded `callproc` with typed arguments.

@@ -31,6 +31,16 @@ async fn until_sleeping(rt: &Rt, pool: &PgPool, pid: i32) {
     panic!("[{}] backend {pid} never reached its pg_sleep", rt.name());
 }
 
+/// A `COPY ... FROM STDIN` into `table` on `conn`, started.
+async fn copy_into<'c>(
+    conn: &'c mut momopool_pg::Connection,
+    table: &str,
+) -> momopool_pg::CopyInSink<'c, &'static [u8]> {
+    conn.copy_in(&format!("COPY {table} FROM STDIN"))
+        .await
+        .unwrap()
+}
+
 /// The first error a stream yields after its first item, within 10 s.
 async fn first_error<S, T>(rt: &Rt, stream: &mut S) -> Error
 where
@@ -98,10 +108,7 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
     // The end of the COPY was sent, and the server was writing it when it went.
     let mut conn = pool.get().await.unwrap();
     let pid = conn.backend_pid();
-    let mut sink = conn
-        .copy_in(&format!("COPY {table} FROM STDIN"))
-        .await
-        .unwrap();
+    let mut sink = copy_into(&mut conn, &table).await;
     sink.send(&b"1\n0\n"[..]).await.unwrap();
     let (finished, ()) = futures::join!(sink.finish(), async {
         until_sleeping(&rt, &pool, pid).await;
@@ -115,10 +122,7 @@ pub(crate) async fn streams_lost_midway_leave_the_outcome_unknown(rt: Rt) {
     // Lost while the data is still being sent: nothing is written, and the error says so.
     let mut conn = pool.get().await.unwrap();
     let pid = conn.backend_pid();
-    let mut sink = conn
-        .copy_in(&format!("COPY {table} FROM STDIN"))
-        .await
-        .unwrap();
+    let mut sink = copy_into(&mut conn, &table).await;
     sink.send(&b"2\n"[..]).await.unwrap();
     pg::terminate(&pool, pid).await;
     let sending = async {
